@@ -1,0 +1,97 @@
+"""Optax training of the score model on the weighted buffer, many steps as one lax.scan."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from godiff_jax.loss import ScoreConvention, ScoreFn, weighted_dsm_loss
+from godiff_jax.sde import VESDE
+
+
+class TrainState(NamedTuple):
+    params: object  # score-model parameters (plain pytree)
+    opt_state: optax.OptState  # kept across GO-Diff iterations
+    step: jax.Array  # [] int32, optimizer steps taken so far
+
+
+def make_optimizer(
+    learning_rate: float = 1e-4,
+    weight_decay: float = 0.01,
+    clip_norm: float = 10.0,
+    plateau_factor: float = 0.95,
+    plateau_patience: int = 100,
+    steps_per_epoch: int = 4,
+) -> optax.GradientTransformationExtraArgs:
+    """Clip 10 -> AdamW(1e-4, wd 0.01) -> reduce-on-plateau(0.95, patience 100 epochs).
+
+    The reference steps PyTorch's ReduceLROnPlateau once per epoch, so the plateau logic
+    here averages the minibatch losses of one epoch (accumulation_size) before each check.
+    """
+    return optax.chain(
+        optax.clip_by_global_norm(clip_norm),
+        optax.adamw(learning_rate, weight_decay=weight_decay),
+        optax.contrib.reduce_on_plateau(
+            factor=plateau_factor,
+            patience=plateau_patience,
+            accumulation_size=max(1, steps_per_epoch),
+        ),
+    )
+
+
+def init_train_state(params: object, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def learning_rate_scale(state: TrainState) -> jax.Array:
+    """Current reduce-on-plateau multiplier of the learning rate."""
+    for s in jax.tree_util.tree_leaves(
+        state.opt_state, is_leaf=lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
+    ):
+        if isinstance(s, optax.contrib.ReduceLROnPlateauState):
+            return s.scale
+    return jnp.ones(())
+
+
+def train_steps(
+    score_fn: ScoreFn,
+    optimizer: optax.GradientTransformationExtraArgs,
+    state: TrainState,
+    key: jax.Array,
+    positions: jax.Array,
+    weights: jax.Array,
+    n_steps: int,
+    batch_size: int,
+    sde: VESDE = VESDE(),
+    convention: ScoreConvention = "reference",
+) -> tuple[TrainState, jax.Array]:
+    """n_steps optimizer steps on the buffer (positions [K, M, 3], weights [K]).
+
+    Minibatches walk through a fresh permutation of the buffer every epoch, as a data
+    loader with shuffling does. Returns the new state and the loss of every step.
+    """
+    k = positions.shape[0]
+    batch_size = min(batch_size, k)
+    steps_per_epoch = max(1, k // batch_size)
+    loss_and_grad = jax.value_and_grad(
+        lambda p, kk, x, w: weighted_dsm_loss(score_fn, p, kk, x, w, sde, convention)
+    )
+
+    key_perm, key_loss = jax.random.split(key)
+
+    def one_step(state: TrainState, i: jax.Array):
+        step = state.step
+        perm = jax.random.permutation(jax.random.fold_in(key_perm, step // steps_per_epoch), k)
+        start = (step % steps_per_epoch) * batch_size
+        idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
+        loss, grads = loss_and_grad(
+            state.params, jax.random.fold_in(key_loss, step), positions[idx], weights[idx]
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, step + 1), loss
+
+    return jax.lax.scan(one_step, state, jnp.arange(n_steps))
