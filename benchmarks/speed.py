@@ -1,0 +1,115 @@
+"""Speed of the GO-Diff core on the heptamer at the paper's model size (float32).
+
+    python benchmarks/speed.py [--batch 128] [--steps 100] [--train-steps 100] [--repeats 5]
+
+Prints ms per structure per reverse-diffusion step (the whole `reverse_sample` scan,
+batch 128) and ms per training step (`train_steps` scan, batch 16 from a 64 buffer),
+plus the pieces they are made of (template context, one score call, one loss+grad).
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from godiff_jax import pt111_heptamer
+from godiff_jax.loss import weighted_dsm_loss
+from godiff_jax.model import ScoreModel, ScoreModelConfig
+from godiff_jax.sampler import reverse_sample
+from godiff_jax.sde import sample_prior
+from godiff_jax.train import init_train_state, make_optimizer, train_steps
+
+
+def timeit(fn, repeats):
+    jax.block_until_ready(fn())  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=100, help="reverse steps timed")
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--train-steps", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    print(
+        f"{datetime.date.today()}  {platform.processor() or platform.machine()}  "
+        f"{os.cpu_count()} CPUs  jax {jax.__version__} {jax.devices()[0].platform}"
+    )
+
+    system = pt111_heptamer()
+    model = ScoreModel(system, ScoreModelConfig())
+    params = model.init(jax.random.PRNGKey(0))
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    print(
+        f"heptamer: {system.n_template} template + {system.n_mobile} mobile atoms; {n_params} parameters"
+    )
+
+    @jax.jit
+    def sample(params, key):
+        ctx = model.context(params)
+        return reverse_sample(
+            key, lambda x, t: model.apply(params, ctx, x, t), system, args.batch, args.steps
+        )
+
+    key = jax.random.PRNGKey(1)
+    t_sample = timeit(lambda: sample(params, key), args.repeats)
+    per = t_sample / (args.batch * args.steps) * 1e3
+    print(
+        f"reverse diffusion: {per:.3f} ms per structure-step (batch {args.batch}, {args.steps} steps, {t_sample:.2f} s)"
+    )
+
+    x = sample_prior(key, system, args.batch)
+    t = jnp.full((args.batch,), 0.5, jnp.float32)
+    ctx = jax.jit(model.context)(params)
+    t_ctx = timeit(lambda: jax.jit(model.context)(params), args.repeats)
+    apply = jax.jit(model.apply)
+    t_apply = timeit(lambda: apply(params, ctx, x, t), args.repeats)
+    print(
+        f"  pieces: template context {t_ctx * 1e3:.2f} ms per call; one score call {t_apply * 1e3:.2f} ms "
+        f"({t_apply / args.batch * 1e3:.3f} ms per structure)"
+    )
+
+    buffer = sample_prior(jax.random.PRNGKey(2), system, 64)
+    weights = jnp.ones(64)
+    opt = make_optimizer()
+    state = init_train_state(params, opt)
+    train = jax.jit(
+        lambda s, k: train_steps(
+            model, opt, s, k, buffer, weights, args.train_steps, args.train_batch
+        )
+    )
+    t_train = timeit(lambda: train(state, key), args.repeats)
+    print(
+        f"training: {t_train / args.train_steps * 1e3:.2f} ms per step (batch {args.train_batch}, {args.train_steps} steps)"
+    )
+
+    grad = jax.jit(
+        jax.value_and_grad(
+            lambda p, k: weighted_dsm_loss(
+                model, p, k, buffer[: args.train_batch], weights[: args.train_batch]
+            )
+        )
+    )
+    t_grad = timeit(lambda: grad(params, key), args.repeats)
+    updates = jax.jit(lambda g, s, p: opt.update(g, s, p, value=jnp.zeros(())))
+    g = grad(params, key)[1]
+    t_upd = timeit(lambda: updates(g, state.opt_state, params), args.repeats)
+    print(f"  pieces: loss+grad {t_grad * 1e3:.2f} ms; optimizer update {t_upd * 1e3:.2f} ms")
+    _ = optax
+
+
+if __name__ == "__main__":
+    main()

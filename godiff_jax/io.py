@@ -1,0 +1,108 @@
+"""Run outputs: atomic checkpoints, the ASE database of evaluated structures, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ase.db
+import jax
+import numpy as np
+
+from godiff_jax.ase_interop import to_atoms
+from godiff_jax.system import System
+
+CHECKPOINT = "checkpoint.pkl"
+CONFIG = "config.json"
+DATABASE = "structures.db"
+METRICS = "metrics.jsonl"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(workdir: Path, state: Any) -> None:
+    """Pickle the run state (a pytree, moved to host numpy) atomically."""
+    host = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
+    _atomic_write(Path(workdir) / CHECKPOINT, pickle.dumps(host, protocol=5))
+
+
+def load_checkpoint(workdir: Path) -> Any | None:
+    path = Path(workdir) / CHECKPOINT
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def write_config(workdir: Path, config: Any) -> None:
+    """Store the config; an existing run directory must have been made with the same one."""
+    path = Path(workdir) / CONFIG
+    new = dataclasses.asdict(config)
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{workdir} holds a run with a different config {diff} (old, new); "
+                "use a new --workdir or the same settings to resume"
+            )
+        return
+    _atomic_write(path, json.dumps(new, indent=2).encode())
+
+
+def append_metrics(workdir: Path, rows: list[dict]) -> None:
+    with open(Path(workdir) / METRICS, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    path = Path(workdir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_outputs(workdir: Path, iteration: int) -> None:
+    """Drop database rows and metrics of iterations >= `iteration` (an interrupted one)."""
+    workdir = Path(workdir)
+    if (workdir / DATABASE).exists():
+        with ase.db.connect(workdir / DATABASE) as db:
+            ids = [row.id for row in db.select(f"iteration>={iteration}")]
+            if ids:
+                db.delete(ids)
+    rows = [r for r in read_metrics(workdir) if r["iteration"] < iteration]
+    _atomic_write(workdir / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def write_structures(
+    workdir: Path,
+    system: System,
+    positions: np.ndarray,
+    energies: np.ndarray,
+    forces: np.ndarray,
+    keys: list[dict],
+) -> None:
+    """Add evaluated structures to the ASE database (`ase db structures.db` lists them)."""
+    with ase.db.connect(Path(workdir) / DATABASE) as db:
+        for x, e, f, kv in zip(positions, energies, forces, keys, strict=True):
+            atoms = to_atoms(system, np.asarray(x, float), energy=float(e), forces=np.asarray(f))
+            db.write(atoms, **kv)

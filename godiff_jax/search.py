@@ -1,0 +1,402 @@
+"""The GO-Diff search: one iteration as pure functions, and the host loop `run`.
+
+An iteration (DESIGN.md section 1): sample N structures from the reverse SDE -> mask pairs
+closer than `min_distance` -> evaluate energies and forces -> add to the archive -> redraw
+the buffer at kT_k -> train the score model. The three phases (sample, evaluate, update)
+are separate jitted functions, each vmapped over a leading seed axis of the RunState, so
+eight seeds run as one program, and the energy model may be any ASE calculator on the
+host between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from godiff_jax import io
+from godiff_jax.analysis import min_distance
+from godiff_jax.buffer import Archive, add_to_archive, init_archive, select_buffer
+from godiff_jax.model import ScoreModel, ScoreModelConfig
+from godiff_jax.sampler import reverse_sample
+from godiff_jax.schedule import exponential_kT
+from godiff_jax.sde import VESDE
+from godiff_jax.system import System
+from godiff_jax.train import TrainState, init_train_state, learning_rate_scale, make_optimizer
+from godiff_jax.train import train_steps as run_train_steps
+
+# energy_fn(mobile_positions [M, 3] Å) -> total energy (eV); forces come from jax.grad.
+EnergyFn = Callable[[jax.Array], jax.Array]
+# success_fn(positions [N, M, 3], energies [N], valid [N]) -> bool [N] (host side, numpy)
+SuccessFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Hyperparameters of one GO-Diff run; defaults are the paper's heptamer settings."""
+
+    n_iterations: int = 20
+    n_samples: int = 128  # structures sampled and evaluated per iteration
+    buffer_size: int = 64
+    batch_size: int = 16
+    train_steps: int = 8000  # optimizer steps per iteration (2000 epochs of 64 / 16)
+    kT_start: float = 5.0  # eV
+    kT_end: float = 0.02  # eV
+    n_reverse_steps: int = 500
+    t_end: float = 0.005
+    sigma_min: float = 0.01  # Å
+    sigma_max: float = 1.0  # Å
+    min_distance: float = 1.0  # Å; closer pairs are discarded before evaluation
+    energy_floor: float | None = None  # eV; lower energies are masked (ML-potential holes)
+    score_convention: str = "reference"
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    clip_norm: float = 10.0
+    plateau_factor: float = 0.95
+    plateau_patience: int = 100  # epochs
+    features: int = 64
+    n_blocks: int = 4
+    n_rbf: int = 30
+    cutoff: float = 6.0  # Å
+
+    @property
+    def sde(self) -> VESDE:
+        return VESDE(self.sigma_min, self.sigma_max)
+
+    @property
+    def model_config(self) -> ScoreModelConfig:
+        return ScoreModelConfig(
+            features=self.features, n_blocks=self.n_blocks, n_rbf=self.n_rbf, cutoff=self.cutoff
+        )
+
+    def kT_schedule(self) -> np.ndarray:
+        return exponential_kT(self.kT_start, self.kT_end, self.n_iterations)
+
+
+class RunState(NamedTuple):
+    """Everything a run needs to continue; every leaf may carry a leading seed axis."""
+
+    key: jax.Array  # PRNG key, advanced once per iteration
+    iteration: jax.Array  # [] int32, iterations completed
+    train: TrainState
+    archive: Archive
+    n_evaluations: jax.Array  # [] int32, energy evaluations so far
+    first_success: jax.Array  # [] int32, evaluation index of the first success, -1 if none
+    first_success_s: jax.Array  # [] float32, wall seconds into the run at first success
+    elapsed_s: jax.Array  # [] float32, wall seconds spent in the run so far
+
+
+class IterationInfo(NamedTuple):
+    buffer_energies: jax.Array  # [K] eV
+    buffer_weights: jax.Array  # [K]
+    buffer_valid: jax.Array  # [K] bool
+    losses: jax.Array  # [train_steps]
+    lr_scale: jax.Array  # [] reduce-on-plateau multiplier
+
+
+class GODiff:
+    """A GO-Diff search on one system: the model, optimizer and jitted phases.
+
+    Pure pieces for user code: `init_state`, `sample`, `evaluate`, `update` and
+    `iteration` all act on one seed's RunState; `run` drives several seeds vmapped.
+    """
+
+    def __init__(self, system: System, config: SearchConfig = SearchConfig()):
+        self.system = system
+        self.config = config
+        self.model = ScoreModel(system, config.model_config)
+        k = config.buffer_size
+        self.optimizer = make_optimizer(
+            config.learning_rate,
+            config.weight_decay,
+            config.clip_norm,
+            config.plateau_factor,
+            config.plateau_patience,
+            steps_per_epoch=max(1, k // min(config.batch_size, k)),
+        )
+
+    # -- pure, single-seed pieces ------------------------------------------------------
+    def init_state(self, key: jax.Array, params: object | None = None) -> RunState:
+        """Fresh state; `params` (e.g. from another system's run) initialise the model."""
+        key_params, key_run = jax.random.split(key)
+        if params is None:
+            params = self.model.init(key_params)
+        c = self.config
+        return RunState(
+            key=key_run,
+            iteration=jnp.zeros((), jnp.int32),
+            train=init_train_state(params, self.optimizer),
+            archive=init_archive(c.n_iterations * c.n_samples, self.system.n_mobile),
+            n_evaluations=jnp.zeros((), jnp.int32),
+            first_success=jnp.full((), -1, jnp.int32),
+            first_success_s=jnp.full((), jnp.nan, jnp.float32),
+            elapsed_s=jnp.zeros((), jnp.float32),
+        )
+
+    def sample(self, state: RunState) -> tuple[jax.Array, jax.Array]:
+        """N structures from the current model and the mask of those far enough apart."""
+        c = self.config
+        params = state.train.params
+        ctx = self.model.context(params)
+        x = reverse_sample(
+            jax.random.fold_in(state.key, 0),
+            lambda x, t: self.model.apply(params, ctx, x, t),
+            self.system,
+            c.n_samples,
+            c.n_reverse_steps,
+            c.t_end,
+            c.sde,
+        )
+        ok = jax.vmap(lambda xi: min_distance(self.system, xi))(x) >= c.min_distance
+        return x, ok
+
+    @staticmethod
+    def evaluate(energy_fn: EnergyFn, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Energies [N] (eV) and forces [N, M, 3] (eV/Å) of a batch with a JAX model."""
+        e, g = jax.vmap(jax.value_and_grad(energy_fn))(x)
+        return e, -g
+
+    def update(
+        self,
+        state: RunState,
+        x: jax.Array,
+        energies: jax.Array,
+        forces: jax.Array,
+        ok: jax.Array,
+        kT: jax.Array,
+    ) -> tuple[RunState, IterationInfo]:
+        """Archive the evaluated batch, redraw the buffer at kT (eV) and train."""
+        c = self.config
+        valid = ok & jnp.isfinite(energies) & jnp.all(jnp.isfinite(forces), axis=(-2, -1))
+        if c.energy_floor is not None:
+            valid = valid & (energies > c.energy_floor)
+        archive = add_to_archive(state.archive, x, energies, forces, valid, state.iteration)
+        buffer = select_buffer(jax.random.fold_in(state.key, 1), archive, kT, c.buffer_size)
+        train, losses = run_train_steps(
+            self.model,
+            self.optimizer,
+            state.train,
+            jax.random.fold_in(state.key, 2),
+            buffer.positions,
+            buffer.weights,
+            c.train_steps,
+            c.batch_size,
+            c.sde,
+            c.score_convention,
+        )
+        new = state._replace(
+            key=jax.random.fold_in(state.key, 3),
+            iteration=state.iteration + 1,
+            train=train,
+            archive=archive,
+            n_evaluations=state.n_evaluations + jnp.sum(ok).astype(jnp.int32),
+        )
+        info = IterationInfo(
+            buffer.energies, buffer.weights, buffer.valid, losses, learning_rate_scale(train)
+        )
+        return new, info
+
+    def iteration(
+        self, state: RunState, energy_fn: EnergyFn, kT: jax.Array
+    ) -> tuple[RunState, IterationInfo]:
+        """One whole GO-Diff iteration with a JAX energy model (pure; jit it yourself)."""
+        x, ok = self.sample(state)
+        e, f = self.evaluate(energy_fn, x)
+        return self.update(state, x, e, f, ok, kT)
+
+
+def _seed_slice(tree, i: int):
+    return jax.tree_util.tree_map(lambda a: a[i], tree)
+
+
+def run(
+    system: System,
+    config: SearchConfig,
+    workdir: str | Path,
+    seeds: int | list[int] = 0,
+    energy_fn: EnergyFn | None = None,
+    calculator=None,
+    success_fn: SuccessFn | None = None,
+    init_params: object | None = None,
+    max_iterations: int | None = None,
+    progress: bool = True,
+) -> RunState:
+    """Run (or resume) GO-Diff for one or more seeds, vmapped as one program.
+
+    Energies come from `energy_fn` (a JAX model, inside jit; default the JAX EMT) or from
+    an ASE `calculator` on the host. `workdir` gets config.json, checkpoint.pkl (after
+    every iteration), structures.db (ASE database) and metrics.jsonl; running again on the
+    same directory resumes where it stopped. `max_iterations` stops early (the run can be
+    resumed later). Returns the final RunState (leading seed axis).
+    """
+    from godiff_jax.ase_interop import evaluate_with_calculator
+
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    io.write_config(workdir, config)
+    if energy_fn is None and calculator is None:
+        from godiff_jax.potentials.emt import emt_energy_fn
+
+        energy_fn = emt_energy_fn(system)
+    search = GODiff(system, config)
+    kTs = config.kT_schedule()
+
+    saved = io.load_checkpoint(workdir)
+    if saved is not None:
+        if list(saved["seeds"]) != seeds:
+            raise ValueError(f"{workdir} holds seeds {saved['seeds']}, asked for {seeds}")
+        state = jax.tree_util.tree_map(jnp.asarray, saved["state"])
+        start = int(saved["iteration"])
+        io.truncate_outputs(workdir, start)
+    else:
+        keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+        state = jax.vmap(lambda k: search.init_state(k, init_params))(keys)
+        start = 0
+
+    sample_fn = jax.jit(jax.vmap(search.sample))
+    eval_fn = (
+        None if energy_fn is None else jax.jit(jax.vmap(lambda x: search.evaluate(energy_fn, x)))
+    )
+    update_fn = jax.jit(jax.vmap(search.update, in_axes=(0, 0, 0, 0, 0, None)))
+
+    stop = (
+        config.n_iterations if max_iterations is None else min(config.n_iterations, max_iterations)
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.n_iterations, initial=start, desc=system.name, unit="it")
+    for k in range(start, stop):
+        t0 = time.perf_counter()
+        kT = float(kTs[k])
+        x, ok = jax.block_until_ready(sample_fn(state))
+        t1 = time.perf_counter()
+        if eval_fn is not None:
+            e, f = jax.block_until_ready(eval_fn(x))
+        else:
+            xs, oks = np.asarray(x), np.asarray(ok)
+            e = np.full(oks.shape, np.nan)
+            f = np.zeros(xs.shape)
+            for s in range(len(seeds)):
+                idx = np.flatnonzero(oks[s])
+                if len(idx):
+                    es, fs, vs = evaluate_with_calculator(system, xs[s, idx], calculator)
+                    e[s, idx] = np.where(vs, es, np.nan)
+                    f[s, idx] = fs
+            e, f = jnp.asarray(e, jnp.float32), jnp.asarray(f, jnp.float32)
+        t2 = time.perf_counter()
+        prev_evals = np.asarray(state.n_evaluations)
+        state, info = jax.block_until_ready(update_fn(state, x, e, f, ok, kT))
+        t3 = time.perf_counter()
+
+        state = _record(
+            workdir,
+            system,
+            seeds,
+            k,
+            kT,
+            state,
+            info,
+            x,
+            ok,
+            e,
+            f,
+            prev_evals,
+            success_fn,
+            (t1 - t0, t2 - t1, t3 - t2),
+        )
+        io.save_checkpoint(
+            workdir, {"seeds": seeds, "iteration": k + 1, "state": state, "config": config}
+        )
+        if bar is not None:
+            best = np.nanmin(
+                np.where(np.asarray(state.archive.valid), state.archive.energies, np.nan)
+            )
+            bar.set_postfix(kT=f"{kT:.3g}", best=f"{best:.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return state
+
+
+def _record(
+    workdir, system, seeds, k, kT, state, info, x, ok, e, f, prev_evals, success_fn, seconds
+) -> RunState:
+    """Write structures and metrics for iteration k; note first successes in the state."""
+    x, ok, e, f = (np.asarray(a) for a in (x, ok, e, f))
+    elapsed = np.asarray(state.elapsed_s) + sum(seconds)
+    first = np.asarray(state.first_success).copy()
+    first_s = np.asarray(state.first_success_s).copy()
+    rows = []
+    for s, seed in enumerate(seeds):
+        valid = ok[s] & np.isfinite(e[s])
+        arch_e = np.where(
+            np.asarray(state.archive.valid[s]), np.asarray(state.archive.energies[s]), np.nan
+        )
+        e_min = np.nanmin(arch_e) if np.any(np.isfinite(arch_e)) else np.nan
+        order = np.cumsum(ok[s])  # evaluation index of each structure within the run
+        idx = np.flatnonzero(valid)
+        io.write_structures(
+            workdir,
+            system,
+            x[s, idx],
+            e[s, idx],
+            f[s, idx],
+            [
+                {
+                    "iteration": k,
+                    "kT": kT,
+                    "seed": seed,
+                    "evaluation": int(prev_evals[s] + order[i]),
+                    "weight": float(np.exp(-(e[s, i] - e_min) / kT)),
+                }
+                for i in idx
+            ],
+        )
+        if success_fn is not None and first[s] < 0 and len(idx):
+            hit = np.flatnonzero(np.asarray(success_fn(x[s], e[s], valid)) & valid)
+            if len(hit):
+                first[s] = int(prev_evals[s] + order[hit[0]])
+                first_s[s] = float(elapsed[s] if np.ndim(elapsed) else elapsed)
+        losses = np.asarray(info.losses[s])
+        bvalid = np.asarray(info.buffer_valid[s])
+        be = np.asarray(info.buffer_energies[s])[bvalid]
+        rows.append(
+            {
+                "iteration": k,
+                "seed": seed,
+                "kT": kT,
+                "evaluations": int(np.asarray(state.n_evaluations[s])),
+                "n_sampled": int(ok.shape[1]),
+                "n_too_close": int((~ok[s]).sum()),
+                "n_invalid_energy": int((ok[s] & ~np.isfinite(e[s])).sum()),
+                "best_energy": float(e_min),
+                "iteration_best_energy": float(np.nanmin(e[s][valid])) if valid.any() else None,
+                "buffer_energy_min": float(be.min()) if be.size else None,
+                "buffer_energy_mean": float(be.mean()) if be.size else None,
+                "buffer_energy_max": float(be.max()) if be.size else None,
+                "loss_mean": float(losses.mean()) if losses.size else None,
+                "loss_last_epoch": float(losses[-4:].mean()) if losses.size else None,
+                "lr_scale": float(np.asarray(info.lr_scale[s])),
+                "first_success_evaluation": int(first[s]) if first[s] >= 0 else None,
+                "first_success_seconds": float(first_s[s]) if first[s] >= 0 else None,
+                "seconds_sampling": seconds[0],
+                "seconds_evaluating": seconds[1],
+                "seconds_training": seconds[2],
+                "seconds_total": float(elapsed[s] if np.ndim(elapsed) else elapsed),
+            }
+        )
+    io.append_metrics(workdir, rows)
+    return state._replace(
+        first_success=jnp.asarray(first),
+        first_success_s=jnp.asarray(first_s, jnp.float32),
+        elapsed_s=jnp.asarray(elapsed, jnp.float32),
+    )

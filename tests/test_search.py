@@ -1,0 +1,145 @@
+"""The whole loop on tiny configs: end to end, resume, vmapped seeds, failing calculators."""
+
+import json
+
+import ase.db
+import jax
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+from godiff_jax import io, stepped_pt_adatom
+from godiff_jax.search import SearchConfig, run
+
+TINY = SearchConfig(
+    n_iterations=2,
+    n_samples=6,
+    buffer_size=6,
+    batch_size=3,
+    train_steps=4,
+    kT_start=1.0,
+    kT_end=0.1,
+    n_reverse_steps=4,
+    features=8,
+    n_blocks=1,
+    n_rbf=6,
+    cutoff=5.0,
+)
+
+
+@pytest.fixture(scope="module")
+def system():
+    return stepped_pt_adatom()
+
+
+def _leaves_equal(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_two_iterations_end_to_end(system, tmp_path):
+    state = run(system, TINY, tmp_path, seeds=0, progress=False)
+    assert int(state.iteration[0]) == 2
+    assert int(state.archive.count[0]) == 12
+    n_eval = int(state.n_evaluations[0])
+    assert 0 < n_eval <= 12
+    rows = io.read_metrics(tmp_path)
+    assert [r["iteration"] for r in rows] == [0, 1]
+    assert rows[-1]["evaluations"] == n_eval
+    assert np.isfinite(rows[-1]["best_energy"]) and np.isfinite(rows[-1]["loss_mean"])
+    assert json.loads((tmp_path / "config.json").read_text())["n_samples"] == 6
+    with ase.db.connect(tmp_path / "structures.db") as db:
+        stored = list(db.select())
+    assert len(stored) == int(np.sum(np.asarray(state.archive.valid[0])))
+    row = stored[0]
+    assert row.natoms == 21 and row.seed == 0 and row.iteration in (0, 1)
+    assert {"kT", "weight", "evaluation"} <= set(row.key_value_pairs)
+    assert row.forces.shape == (21, 3) and np.all(row.forces[:20] == 0)
+    # stored energies are the archive's (JAX EMT, float32) and agree with ASE's EMT
+    atoms = row.toatoms()
+    e_db = row.energy
+    atoms.calc = EMT()
+    assert abs(atoms.get_potential_energy() - e_db) < 1e-3
+    assert atoms.constraints and len(atoms.constraints[0].index) == 20
+
+
+def test_resume_after_crash_equals_uninterrupted(system, tmp_path):
+    full = run(system, TINY, tmp_path / "full", seeds=3, progress=False)
+
+    calls = {"n": 0}
+
+    def crash_on_second_iteration(positions, energies, valid):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return np.zeros(len(positions), bool)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            system,
+            TINY,
+            tmp_path / "cut",
+            seeds=3,
+            success_fn=crash_on_second_iteration,
+            progress=False,
+        )
+    assert io.load_checkpoint(tmp_path / "cut")["iteration"] == 1
+    resumed = run(system, TINY, tmp_path / "cut", seeds=3, progress=False)
+    _leaves_equal(full.archive, resumed.archive)
+    _leaves_equal(full.train.params, resumed.train.params)
+    # the interrupted iteration's partial rows were dropped: one row per evaluated structure
+    with ase.db.connect(tmp_path / "cut" / "structures.db") as db:
+        assert db.count() == int(np.sum(np.asarray(resumed.archive.valid)))
+    assert [r["iteration"] for r in io.read_metrics(tmp_path / "cut")] == [0, 1]
+
+
+def test_resume_refuses_other_config(system, tmp_path):
+    run(system, TINY, tmp_path, seeds=0, max_iterations=1, progress=False)
+    other = SearchConfig(**{**TINY.__dict__, "n_samples": 8})
+    with pytest.raises(ValueError, match="different config"):
+        run(system, other, tmp_path, seeds=0, progress=False)
+
+
+def test_vmapped_seeds_equal_separate_runs(system, tmp_path):
+    both = run(system, TINY, tmp_path / "both", seeds=[0, 1], progress=False)
+    for i, seed in enumerate([0, 1]):
+        one = run(system, TINY, tmp_path / f"seed{seed}", seeds=seed, progress=False)
+        np.testing.assert_array_equal(both.archive.valid[i], one.archive.valid[0])
+        np.testing.assert_allclose(both.archive.positions[i], one.archive.positions[0], atol=1e-4)
+        np.testing.assert_allclose(
+            both.archive.energies[i], one.archive.energies[0], rtol=1e-5, equal_nan=True
+        )
+        for a, b in zip(
+            jax.tree_util.tree_leaves(both.train.params),
+            jax.tree_util.tree_leaves(one.train.params),
+            strict=True,
+        ):
+            np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b)[0], atol=1e-5)
+
+
+class FlakyEMT(EMT):
+    """Raises on every third structure and returns NaN on every fourth."""
+
+    calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        FlakyEMT.calls += 1
+        if FlakyEMT.calls % 3 == 0:
+            raise RuntimeError("SCF did not converge")
+        super().calculate(atoms, properties, system_changes or [])
+        if FlakyEMT.calls % 4 == 0:
+            self.results["energy"] = float("nan")
+
+
+def test_failing_ase_calculator_does_not_stop_the_run(system, tmp_path):
+    with pytest.warns(UserWarning):
+        state = run(system, TINY, tmp_path, seeds=0, calculator=FlakyEMT(), progress=False)
+    assert int(state.iteration[0]) == 2
+    rows = io.read_metrics(tmp_path)
+    assert sum(r["n_invalid_energy"] for r in rows) > 0
+    valid = np.asarray(state.archive.valid[0])
+    assert valid.sum() > 0
+    assert np.all(np.isfinite(np.asarray(state.archive.energies[0])[valid]))
+    assert np.all(np.isnan(np.asarray(state.archive.energies[0])[~valid]))
+    for leaf in jax.tree_util.tree_leaves(state.train.params):
+        assert np.all(np.isfinite(np.asarray(leaf)))
