@@ -11,6 +11,7 @@ host between them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,8 +212,23 @@ class GODiff:
         return self.update(state, x, e, f, ok, kT)
 
 
-def _seed_slice(tree, i: int):
-    return jax.tree_util.tree_map(lambda a: a[i], tree)
+@functools.lru_cache(maxsize=8)
+def _default_energy(system: System) -> EnergyFn:
+    from godiff_jax.potentials.emt import emt_energy_fn
+
+    return emt_energy_fn(system)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_phases(system: System, config: SearchConfig, energy_fn: EnergyFn | None):
+    """The jitted, seed-vmapped phases; cached so repeated runs do not recompile."""
+    search = GODiff(system, config)
+    sample_fn = jax.jit(jax.vmap(search.sample))
+    eval_fn = None
+    if energy_fn is not None:
+        eval_fn = jax.jit(jax.vmap(lambda x: search.evaluate(energy_fn, x)))
+    update_fn = jax.jit(jax.vmap(search.update, in_axes=(0, 0, 0, 0, 0, None)))
+    return search, sample_fn, eval_fn, update_fn
 
 
 def run(
@@ -242,10 +258,8 @@ def run(
     workdir.mkdir(parents=True, exist_ok=True)
     io.write_config(workdir, config)
     if energy_fn is None and calculator is None:
-        from godiff_jax.potentials.emt import emt_energy_fn
-
-        energy_fn = emt_energy_fn(system)
-    search = GODiff(system, config)
+        energy_fn = _default_energy(system)
+    search, sample_fn, eval_fn, update_fn = _compiled_phases(system, config, energy_fn)
     kTs = config.kT_schedule()
 
     saved = io.load_checkpoint(workdir)
@@ -259,12 +273,6 @@ def run(
         keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
         state = jax.vmap(lambda k: search.init_state(k, init_params))(keys)
         start = 0
-
-    sample_fn = jax.jit(jax.vmap(search.sample))
-    eval_fn = (
-        None if energy_fn is None else jax.jit(jax.vmap(lambda x: search.evaluate(energy_fn, x)))
-    )
-    update_fn = jax.jit(jax.vmap(search.update, in_axes=(0, 0, 0, 0, 0, None)))
 
     stop = (
         config.n_iterations if max_iterations is None else min(config.n_iterations, max_iterations)

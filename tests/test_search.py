@@ -132,7 +132,7 @@ class FlakyEMT(EMT):
 
 
 def test_failing_ase_calculator_does_not_stop_the_run(system, tmp_path):
-    with pytest.warns(UserWarning):
+    with pytest.warns(RuntimeWarning, match="marked invalid"):
         state = run(system, TINY, tmp_path, seeds=0, calculator=FlakyEMT(), progress=False)
     assert int(state.iteration[0]) == 2
     rows = io.read_metrics(tmp_path)
