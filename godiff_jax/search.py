@@ -271,7 +271,7 @@ def run(
         io.truncate_outputs(workdir, start)
     else:
         keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-        state = jax.vmap(lambda k: search.init_state(k, init_params))(keys)
+        state = jax.jit(jax.vmap(lambda k: search.init_state(k, init_params)))(keys)
         start = 0
 
     stop = (
