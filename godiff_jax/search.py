@@ -29,7 +29,13 @@ from godiff_jax.sampler import reverse_sample
 from godiff_jax.schedule import exponential_kT
 from godiff_jax.sde import VESDE
 from godiff_jax.system import System
-from godiff_jax.train import TrainState, init_train_state, learning_rate_scale, make_optimizer
+from godiff_jax.train import (
+    TrainState,
+    init_train_state,
+    learning_rate_scale,
+    make_optimizer,
+    reset_plateau,
+)
 from godiff_jax.train import train_steps as run_train_steps
 
 # energy_fn(mobile_positions [M, 3] Å) -> total energy (eV); forces come from jax.grad.
@@ -61,6 +67,7 @@ class SearchConfig:
     clip_norm: float = 10.0
     plateau_factor: float = 0.95
     plateau_patience: int = 100  # epochs
+    reset_plateau_each_iteration: bool = True  # as the reference's per-iteration `fit`
     features: int = 64
     n_blocks: int = 4
     n_rbf: int = 30
@@ -179,10 +186,13 @@ class GODiff:
             valid = valid & (energies > c.energy_floor)
         archive = add_to_archive(state.archive, x, energies, forces, valid, state.iteration)
         buffer = select_buffer(jax.random.fold_in(state.key, 1), archive, kT, c.buffer_size)
+        train = state.train
+        if c.reset_plateau_each_iteration:
+            train = reset_plateau(train, self.optimizer)
         train, losses = run_train_steps(
             self.model,
             self.optimizer,
-            state.train,
+            train,
             jax.random.fold_in(state.key, 2),
             buffer.positions,
             buffer.weights,

@@ -46,6 +46,23 @@ def init_train_state(params: object, optimizer: optax.GradientTransformation) ->
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
+def reset_plateau(state: TrainState, optimizer: optax.GradientTransformation) -> TrainState:
+    """Restart reduce-on-plateau (scale 1, no best loss yet), keeping the AdamW moments.
+
+    The reference calls Lightning's `fit` once per GO-Diff iteration, which builds a new
+    scheduler each time; the DSM loss is noisy enough that a plateau counter carried over
+    20 iterations would shrink the learning rate by orders of magnitude.
+    """
+    fresh = optimizer.init(state.params)
+
+    def pick(old, new):
+        return new if isinstance(old, optax.contrib.ReduceLROnPlateauState) else old
+
+    is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)  # noqa: E731
+    opt_state = jax.tree_util.tree_map(pick, state.opt_state, fresh, is_leaf=is_plateau)
+    return state._replace(opt_state=opt_state)
+
+
 def learning_rate_scale(state: TrainState) -> jax.Array:
     """Current reduce-on-plateau multiplier of the learning rate."""
     for s in jax.tree_util.tree_leaves(
