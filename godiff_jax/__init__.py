@@ -5,6 +5,13 @@ search iteration) are exported here for use from JAX research code; `run` drives
 searches with checkpoints and outputs.
 """
 
+from godiff_jax.ase_interop import (
+    EMTCalculator,
+    JaxCalculator,
+    evaluate_with_calculator,
+    from_atoms,
+    to_atoms,
+)
 from godiff_jax.buffer import (
     Archive,
     Buffer,
@@ -17,6 +24,7 @@ from godiff_jax.loss import boltzmann_weights, dsm_error, weighted_dsm_loss
 from godiff_jax.sampler import reverse_sample, reverse_times
 from godiff_jax.schedule import exponential_kT
 from godiff_jax.sde import VESDE, diffusion_sq, marginal_var, perturb, sample_prior
+from godiff_jax.search import GODiff, IterationInfo, RunState, SearchConfig, run
 from godiff_jax.system import (
     System,
     load_template,
@@ -28,6 +36,16 @@ from godiff_jax.system import (
 from godiff_jax.train import TrainState, init_train_state, make_optimizer, train_steps
 
 __all__ = [
+    "EMTCalculator",
+    "GODiff",
+    "IterationInfo",
+    "JaxCalculator",
+    "RunState",
+    "SearchConfig",
+    "evaluate_with_calculator",
+    "from_atoms",
+    "run",
+    "to_atoms",
     "Archive",
     "Buffer",
     "System",
