@@ -17,7 +17,6 @@ By default the process first asks glibc to keep freed heap memory (M_TOP_PAD, se
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import os
 import platform
@@ -30,23 +29,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from godiff_jax.model import PaiNNScore, ScoreModel, ScoreModelConfig, count_params  # noqa: E402
+from godiff_jax.runtime import keep_heap_memory  # noqa: E402
 from godiff_jax.system import pt111_heptamer  # noqa: E402
-
-
-def keep_heap_memory(top_pad_mb: int = 512) -> bool:
-    """Ask glibc to keep freed heap memory (M_TOP_PAD) instead of returning it.
-
-    XLA allocates its buffers afresh on every call and glibc hands freed memory back
-    to the kernel, so every call page-faults its working set in again; on this VM a
-    minor fault costs ~2.5 us, which doubled the training step. Process-wide; a no-op
-    off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_top_pad = -2
-    return bool(libc.mallopt(m_top_pad, top_pad_mb << 20))
 
 
 def timings(fns: dict, repeats: int, warmup: int = 2) -> dict[str, tuple[float, float]]:

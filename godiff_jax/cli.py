@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from godiff_jax import io
+from godiff_jax.runtime import keep_heap_memory
 from godiff_jax.search import SearchConfig, SuccessFn, run
 from godiff_jax.system import System
 
@@ -39,6 +40,7 @@ def run_experiment(
     argv: list[str] | None = None,
 ) -> None:
     args = experiment_parser(description, default_workdir).parse_args(argv)
+    keep_heap_memory()  # XLA re-allocates its buffers every call; keep freed heap mapped
     cfg = quick if args.quick else config
     seeds = list(range(args.seed, args.seed + args.seeds))
     workdir = Path(args.workdir)
