@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from godiff_jax.relax import relax, relax_batch
+from godiff_jax.relax import relax_batch
 from godiff_jax.system import System
 
 # Reference energies (eV), all EMT (ASE's `EMT`, the JAX port agrees to ~1e-10 eV), template
@@ -224,18 +224,8 @@ def heptamer_island(system: System, site: str = "hcp", height: float = 2.2) -> n
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _apply(fn, x):
-    return fn(x)
-
-
-@functools.partial(jax.jit, static_argnums=0)
 def _apply_batch(fn, xs):
     return jax.vmap(fn)(xs)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _is_wheel_structure(system: System, x: jnp.ndarray) -> jnp.ndarray:
-    return is_wheel_graph(mobile_bond_graph(system, x))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -259,21 +249,12 @@ def heptamer_success(
     `tol` eV of `e_min`. Info: wheel, energy (single point), relaxed_energy,
     relaxed_positions, relax_converged, relax_steps.
     """
-    x = jnp.asarray(mobile_positions)
-    wheel = bool(_is_wheel_structure(system, x))
-    energy = float(_apply(energy_fn, x))
-    res = relax(energy_fn, x, fmax=fmax, max_steps=max_steps)
-    relaxed = float(res.energy)
-    ok = wheel and abs(relaxed - e_min) <= tol
-    info = {
-        "wheel": wheel,
-        "energy": energy,
-        "relaxed_energy": relaxed,
-        "relaxed_positions": np.asarray(res.positions),
-        "relax_converged": bool(res.converged),
-        "relax_steps": int(res.n_steps),
-    }
-    return ok, info
+    ok, info = heptamer_success_batch(
+        system, jnp.asarray(mobile_positions)[None], energy_fn, e_min, tol, fmax, max_steps
+    )
+    info = {k: v[0] for k, v in info.items()}
+    info = {k: (v if k == "relaxed_positions" else v.item()) for k, v in info.items()}
+    return bool(ok[0]), info
 
 
 def heptamer_success_batch(

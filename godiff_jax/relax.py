@@ -40,25 +40,26 @@ class _FireState(NamedTuple):
     step: jnp.ndarray
 
 
+# The energy function, the confinement and FIRE's constants shape the compiled loop.
+_STATIC = (
+    "energy_fn",
+    "confine",
+    "dt",
+    "maxstep",
+    "dtmax",
+    "n_min",
+    "finc",
+    "fdec",
+    "astart",
+    "fa",
+)
+
+
 def _max_force(forces: jnp.ndarray) -> jnp.ndarray:
     return jnp.sqrt(jnp.max(jnp.sum(forces**2, axis=-1)))
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "energy_fn",
-        "confine",
-        "dt",
-        "maxstep",
-        "dtmax",
-        "n_min",
-        "finc",
-        "fdec",
-        "astart",
-        "fa",
-    ),
-)
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def relax(
     energy_fn: EnergyFn,
     x0: jnp.ndarray,
@@ -168,21 +169,7 @@ def relax_batch(
     return _relax_batch(energy_fn, jnp.asarray(x0), fmax, max_steps, confine, **fire_kwargs)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "energy_fn",
-        "confine",
-        "dt",
-        "maxstep",
-        "dtmax",
-        "n_min",
-        "finc",
-        "fdec",
-        "astart",
-        "fa",
-    ),
-)
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def _relax_batch(energy_fn, x0, fmax, max_steps, confine, **fire_kwargs):
     def one(x):
         return relax(energy_fn, x, fmax, max_steps, confine, **fire_kwargs)
