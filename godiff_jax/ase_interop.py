@@ -163,9 +163,11 @@ class JaxCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, make_energy: EnergyFactory, **kwargs):
+    def __init__(self, make_energy: EnergyFactory, float64: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.make_energy = make_energy
+        # ASE users expect EMT()'s double precision, whatever the process's x64 setting.
+        self.float64 = float64
         self.n_builds = 0
         self.n_traces = 0
 
@@ -197,9 +199,10 @@ class JaxCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         entry = self._entry(self.atoms)
-        dtype = jnp.result_type(float)  # float64 with x64 on, else float32
         before = entry.n_traces
-        energy, grad = entry.fn(jnp.asarray(self.atoms.positions, dtype=dtype))
+        with jax.enable_x64(self.float64 or bool(jax.config.jax_enable_x64)):
+            dtype = jnp.result_type(float)
+            energy, grad = entry.fn(jnp.asarray(self.atoms.positions, dtype=dtype))
         self.n_traces += entry.n_traces - before
         energy = float(np.asarray(energy, dtype=np.float64))
         self.results["energy"] = energy

@@ -4,6 +4,7 @@ import warnings
 from pathlib import Path
 
 import ase.io
+import jax
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -237,3 +238,22 @@ def test_evaluate_with_calculator_process_pool():
     pooled = evaluate_with_calculator(system, xs, EMT(), n_workers=2)
     for a, b in zip(serial, pooled, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_emt_calculator_is_float64_with_x64_off():
+    """A drop-in for EMT(): double precision even in a process without jax_enable_x64."""
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+
+    from godiff_jax.ase_interop import EMTCalculator
+
+    atoms = fcc111("Pt", (2, 2, 3), vacuum=6.0)
+    atoms.rattle(0.05, seed=1)
+    ref = atoms.copy()
+    ref.calc = EMT()
+    with jax.enable_x64(False):
+        atoms.calc = EMTCalculator()
+        e = atoms.get_potential_energy()
+        f = atoms.get_forces()
+    assert abs(e - ref.get_potential_energy()) < 1e-8
+    np.testing.assert_allclose(f, ref.get_forces(), atol=1e-8)
