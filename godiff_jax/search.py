@@ -330,6 +330,7 @@ def run(
             prev_evals,
             success_fn,
             (t1 - t0, t2 - t1, t3 - t2),
+            max(1, config.buffer_size // min(config.batch_size, config.buffer_size)),
         )
         io.save_checkpoint(
             workdir, {"seeds": seeds, "iteration": k + 1, "state": state, "config": config}
@@ -346,7 +347,21 @@ def run(
 
 
 def _record(
-    workdir, system, seeds, k, kT, state, info, x, ok, e, f, prev_evals, success_fn, seconds
+    workdir,
+    system,
+    seeds,
+    k,
+    kT,
+    state,
+    info,
+    x,
+    ok,
+    e,
+    f,
+    prev_evals,
+    success_fn,
+    seconds,
+    steps_per_epoch,
 ) -> RunState:
     """Write structures and metrics for iteration k; note first successes in the state."""
     x, ok, e, f = (np.asarray(a) for a in (x, ok, e, f))
@@ -402,7 +417,7 @@ def _record(
                 "buffer_energy_mean": float(be.mean()) if be.size else None,
                 "buffer_energy_max": float(be.max()) if be.size else None,
                 "loss_mean": float(losses.mean()) if losses.size else None,
-                "loss_last_epoch": float(losses[-4:].mean()) if losses.size else None,
+                "loss_last_epoch": float(losses[-steps_per_epoch:].mean()) if losses.size else None,
                 "lr_scale": float(np.asarray(info.lr_scale[s])),
                 "first_success_evaluation": int(first[s]) if first[s] >= 0 else None,
                 "first_success_seconds": float(first_s[s]) if first[s] >= 0 else None,
