@@ -20,17 +20,17 @@ import jax
 import jax.numpy as jnp
 
 from godiff_jax import pt111_heptamer
-from godiff_jax.runtime import keep_heap_memory
 from godiff_jax.potentials.emt import emt_energy_fn
+from godiff_jax.runtime import keep_heap_memory
 from godiff_jax.search import SearchConfig, _compiled_phases
 
 
-def timeit(fn, repeats):
-    jax.block_until_ready(fn())  # compile + warm up
+def timeit(repeats, fn, *args):
+    jax.block_until_ready(fn(*args))  # compile + warm up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn())
+        jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -59,8 +59,8 @@ def main():
         x, ok = sample_fn(state)
         e, f = eval_fn(x)
         kT = jnp.asarray(1.0, jnp.float32)
-        t_sample = timeit(lambda: sample_fn(state), args.repeats)
-        t_update = timeit(lambda: update_fn(state, x, e, f, ok, kT), args.repeats)
+        t_sample = timeit(args.repeats, sample_fn, state)
+        t_update = timeit(args.repeats, update_fn, state, x, e, f, ok, kT)
         base.setdefault("sample", t_sample)
         base.setdefault("update", t_update)
         per_step = t_update / args.train_steps * 1e3

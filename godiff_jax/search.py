@@ -241,7 +241,7 @@ def _over_seeds(fn: Callable, n_seeds: int, in_axes: tuple) -> Callable:
     def single(*args):
         args = [
             a if ax is None else jax.tree_util.tree_map(lambda v: v[0], a)
-            for a, ax in zip(args, in_axes)
+            for a, ax in zip(args, in_axes, strict=True)
         ]
         return jax.tree_util.tree_map(lambda v: v[None], fn(*args))
 
@@ -290,9 +290,7 @@ def run(
     io.write_config(workdir, config)
     if energy_fn is None and calculator is None:
         energy_fn = _default_energy(system)
-    search, sample_fn, eval_fn, update_fn = _compiled_phases(
-        system, config, energy_fn, len(seeds)
-    )
+    search, sample_fn, eval_fn, update_fn = _compiled_phases(system, config, energy_fn, len(seeds))
     kTs = config.kT_schedule()
 
     saved = io.load_checkpoint(workdir)
@@ -421,7 +419,9 @@ def _record(
             hit = np.flatnonzero(np.asarray(success_fn(x[s], e[s], valid)) & valid)
             if len(hit):
                 first[s] = int(prev_evals[s] + order[hit[0]])
-                first_s[s] = float(elapsed[s] if np.ndim(elapsed) else elapsed)
+                # Generated once sampling and evaluation of iteration k were done.
+                found = elapsed - seconds[2]
+                first_s[s] = float(found[s] if np.ndim(found) else found)
         losses = np.asarray(info.losses[s])
         bvalid = np.asarray(info.buffer_valid[s])
         be = np.asarray(info.buffer_energies[s])[bvalid]

@@ -63,6 +63,29 @@ def test_two_iterations_end_to_end(system, tmp_path):
     assert atoms.constraints and len(atoms.constraints[0].index) == 20
 
 
+def test_first_success_is_counted_at_generation(system, tmp_path):
+    calls = {"n": 0}
+
+    def succeed_in_second_iteration(positions, energies, valid):
+        calls["n"] += 1
+        return np.full(len(positions), calls["n"] == 2)
+
+    state = run(
+        system, TINY, tmp_path, seeds=0, success_fn=succeed_in_second_iteration, progress=False
+    )
+    first_row, second_row = io.read_metrics(tmp_path)
+    assert first_row["first_success_evaluation"] is None
+    # the first structure of iteration 1 that passed the distance check; its number
+    # counts every evaluation so far (JAX EMT energies are all finite)
+    assert np.any(np.asarray(state.archive.valid[0])[np.asarray(state.archive.iteration[0]) == 1])
+    assert second_row["first_success_evaluation"] == first_row["evaluations"] + 1
+    assert int(state.first_success[0]) == second_row["first_success_evaluation"]
+    # the time is when the structure was evaluated, before that iteration's training
+    expected = second_row["seconds_total"] - second_row["seconds_training"]
+    assert second_row["first_success_seconds"] == pytest.approx(expected, rel=1e-5)
+    assert second_row["first_success_seconds"] < second_row["seconds_total"]
+
+
 def test_resume_after_crash_equals_uninterrupted(system, tmp_path):
     full = run(system, TINY, tmp_path / "full", seeds=3, progress=False)
 
