@@ -41,6 +41,9 @@ def main():
     p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--reverse-steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--seed-batch", type=int, default=None, help="seeds vmapped together (default: run's)"
+    )
     args = p.parse_args()
     keep_heap_memory()
     print(
@@ -54,7 +57,9 @@ def main():
     energy_fn = emt_energy_fn(system)
     base = {}
     for s in args.seeds:
-        search, sample_fn, eval_fn, update_fn = _compiled_phases(system, config, energy_fn, s)
+        search, sample_fn, eval_fn, update_fn = _compiled_phases(
+            system, config, energy_fn, s, args.seed_batch
+        )
         state = jax.jit(jax.vmap(search.init_state))(jax.random.split(jax.random.PRNGKey(0), s))
         x, ok = sample_fn(state)
         e, f = eval_fn(x)

@@ -20,8 +20,12 @@ from godiff_jax.system import System
 def experiment_parser(description: str, default_workdir: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds, run as one program")
     p.add_argument(
-        "--seeds", type=int, default=1, help="number of seeds, run vmapped as one program"
+        "--seed-batch",
+        type=int,
+        default=None,
+        help="seeds vmapped together (default: all on a GPU, 1 on CPU where that is faster)",
     )
     p.add_argument("--workdir", default=default_workdir, help="run directory (resumes if present)")
     p.add_argument("--quick", action="store_true", help="small preset: ~10 min on a 2-core CPU")
@@ -56,6 +60,7 @@ def run_experiment(
         success_fn=success,
         max_iterations=args.iterations,
         progress=not args.no_progress,
+        seed_batch=args.seed_batch,
     )
     wall = time.perf_counter() - t0
     summarise(workdir, seeds, state, wall)

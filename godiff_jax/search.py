@@ -229,36 +229,63 @@ def _default_energy(system: System) -> EnergyFn:
     return emt_energy_fn(system)
 
 
-def _over_seeds(fn: Callable, n_seeds: int, in_axes: tuple) -> Callable:
-    """jit(vmap(fn)) over the leading seed axis.
+def default_seed_batch(n_seeds: int) -> int:
+    """Seeds vmapped together: all of them on an accelerator, one at a time on CPU.
 
-    With one seed the axis is squeezed inside jit instead: XLA CPU ran the size-1 vmapped
-    training scan about 2x slower than the plain one (benchmarks/seed_vmap_speed.py).
+    On XLA CPU the seed-vmapped model (every parameter gains a seed axis) ran ~1.5x
+    slower per seed than the plain one (benchmarks/seed_vmap_speed.py), so there the
+    seeds loop inside the one compiled program instead.
     """
-    if n_seeds > 1:
+    return n_seeds if jax.default_backend() != "cpu" else 1
+
+
+def _over_seeds(fn: Callable, n_seeds: int, in_axes: tuple, seed_batch: int) -> Callable:
+    """One jitted program applying fn to every seed (the leading axis of in_axes=0 args).
+
+    `seed_batch` seeds at a time are vmapped together (`lax.map(..., batch_size)`);
+    seed_batch >= n_seeds is a plain vmap. One seed squeezes the axis instead.
+    """
+    mapped = [ax is not None for ax in in_axes]
+
+    def squeeze(args):
+        return [
+            jax.tree_util.tree_map(lambda v: v[0], a) if m else a
+            for a, m in zip(args, mapped, strict=True)
+        ]
+
+    if n_seeds == 1:
+        return jax.jit(lambda *args: jax.tree_util.tree_map(lambda v: v[None], fn(*squeeze(args))))
+    if seed_batch >= n_seeds:
         return jax.jit(jax.vmap(fn, in_axes=in_axes))
 
-    def single(*args):
-        args = [
-            a if ax is None else jax.tree_util.tree_map(lambda v: v[0], a)
-            for a, ax in zip(args, in_axes, strict=True)
-        ]
-        return jax.tree_util.tree_map(lambda v: v[None], fn(*args))
+    def looped(*args):
+        per_seed = [a for a, m in zip(args, mapped, strict=True) if m]
 
-    return jax.jit(single)
+        def one(xs):
+            it = iter(xs)
+            return fn(*[next(it) if m else a for a, m in zip(args, mapped, strict=True)])
+
+        return jax.lax.map(one, per_seed, batch_size=seed_batch if seed_batch > 1 else None)
+
+    return jax.jit(looped)
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_phases(
-    system: System, config: SearchConfig, energy_fn: EnergyFn | None, n_seeds: int = 1
+    system: System,
+    config: SearchConfig,
+    energy_fn: EnergyFn | None,
+    n_seeds: int = 1,
+    seed_batch: int | None = None,
 ):
     """The jitted phases over a leading seed axis; cached so repeated runs do not recompile."""
     search = GODiff(system, config)
-    sample_fn = _over_seeds(search.sample, n_seeds, (0,))
+    sb = default_seed_batch(n_seeds) if seed_batch is None else max(1, seed_batch)
+    sample_fn = _over_seeds(search.sample, n_seeds, (0,), sb)
     eval_fn = None
     if energy_fn is not None:
-        eval_fn = _over_seeds(lambda x: search.evaluate(energy_fn, x), n_seeds, (0,))
-    update_fn = _over_seeds(search.update, n_seeds, (0, 0, 0, 0, 0, None))
+        eval_fn = _over_seeds(lambda x: search.evaluate(energy_fn, x), n_seeds, (0,), sb)
+    update_fn = _over_seeds(search.update, n_seeds, (0, 0, 0, 0, 0, None), sb)
     return search, sample_fn, eval_fn, update_fn
 
 
@@ -273,14 +300,17 @@ def run(
     init_params: object | None = None,
     max_iterations: int | None = None,
     progress: bool = True,
+    seed_batch: int | None = None,
 ) -> RunState:
-    """Run (or resume) GO-Diff for one or more seeds, vmapped as one program.
+    """Run (or resume) GO-Diff for one or more seeds as one compiled program.
 
     Energies come from `energy_fn` (a JAX model, inside jit; default the JAX EMT) or from
     an ASE `calculator` on the host. `workdir` gets config.json, checkpoint.pkl (after
     every iteration), structures.db (ASE database) and metrics.jsonl; running again on the
     same directory resumes where it stopped. `max_iterations` stops early (the run can be
-    resumed later). Returns the final RunState (leading seed axis).
+    resumed later). `seed_batch` seeds are vmapped together inside each phase (default:
+    all on an accelerator, 1 on CPU: see `default_seed_batch`); each seed's results are
+    those of a separate run with that seed. Returns the final RunState (leading seed axis).
     """
     from godiff_jax.ase_interop import evaluate_with_calculator
 

@@ -123,8 +123,9 @@ def test_resume_refuses_other_config(system, tmp_path):
         run(system, other, tmp_path, seeds=0, progress=False)
 
 
-def test_vmapped_seeds_equal_separate_runs(system, tmp_path):
-    both = run(system, TINY, tmp_path / "both", seeds=[0, 1], progress=False)
+@pytest.mark.parametrize("seed_batch", [1, 2])  # seeds looped / vmapped in one program
+def test_seeds_in_one_program_equal_separate_runs(system, tmp_path, seed_batch):
+    both = run(system, TINY, tmp_path / "both", seeds=[0, 1], progress=False, seed_batch=seed_batch)
     for i, seed in enumerate([0, 1]):
         one = run(system, TINY, tmp_path / f"seed{seed}", seeds=seed, progress=False)
         np.testing.assert_array_equal(both.archive.valid[i], one.archive.valid[0])
