@@ -281,11 +281,17 @@ def heptamer_success_batch(
     converged = np.zeros(len(xs), dtype=bool)
     steps = np.zeros(len(xs), dtype=int)
     if todo.size:
-        res = relax_batch(energy_fn, xs[todo], fmax=fmax, max_steps=max_steps)
-        relaxed[todo] = np.asarray(res.energy)
-        relaxed_pos[todo] = np.asarray(res.positions)
-        converged[todo] = np.asarray(res.converged)
-        steps[todo] = np.asarray(res.n_steps)
+        # Pad to a power of two (repeating a structure) so that the relaxation compiles
+        # for at most log2(B) batch sizes over a run, not once per candidate count.
+        padded = np.resize(todo, 1 << (todo.size - 1).bit_length())
+        res = jax.tree.map(
+            lambda a: np.asarray(a)[: todo.size],
+            relax_batch(energy_fn, xs[padded], fmax=fmax, max_steps=max_steps),
+        )
+        relaxed[todo] = res.energy
+        relaxed_pos[todo] = res.positions
+        converged[todo] = res.converged
+        steps[todo] = res.n_steps
     ok = wheel & (np.abs(relaxed - e_min) <= tol)
     info = {
         "wheel": wheel,
