@@ -11,7 +11,9 @@ What makes it fast (DESIGN.md section 5) is where messages flow. The template ne
 moves, and messages from mobile atoms back into the template are dropped (a modelling
 choice), so the template features at the input of every block come from a template-only
 pass that depends on the parameters alone: `ScoreModel.context`, computed once per
-training step and once per `sample()` call. Per structure only the M mobile atoms are
+training step and once per `sample()` call, and only for one atom per class of template
+atoms that lattice translations map onto each other (they get identical features: 2 of
+the heptamer's 72 atoms). Per structure only the M mobile atoms are
 updated, each from the other mobile atoms (dense M x M over periodic images) and from the
 template atoms within the cutoff. Those are found without a search: a grid over the
 confinement box, built host-side once per System, lists for each grid cell every template
@@ -67,6 +69,12 @@ class ScoreModelConfig:
     stays exact (noisy training inputs leave the box). batch_chunk: the template
     messages of a batch are computed `batch_chunk` structures at a time (`lax.map`;
     0: all at once) so that their per-pair arrays stay in cache: 2-3x faster on CPU.
+    template_symmetry: template atoms that a lattice translation of the template onto
+    itself maps onto each other have identical template-pass features, so that pass runs
+    over one atom per class (2 of the heptamer's 72); exact, off only for comparisons.
+    template_row_sums: sum each mobile atom's template neighbours per template row
+    before the filters (`_row_messages`), exact and much cheaper when the rows are few;
+    None picks it by a work estimate, True/False force it (for comparisons).
     """
 
     features: int = 64
@@ -76,6 +84,8 @@ class ScoreModelConfig:
     grid_spacing: float = 0.5  # Å
     grid_margin: float = 1.5  # Å
     batch_chunk: int = 4  # structures per chunk of the template messages (0: one chunk)
+    template_symmetry: bool = True  # template pass over lattice-inequivalent atoms only
+    template_row_sums: bool | None = None  # per-row template messages; None: when cheaper
 
 
 # ----------------------------------------------------------------------------- layers
@@ -266,6 +276,24 @@ def _messages_bwd(res, cot):
 _messages.defvjp(_messages_fwd, _messages_bwd)
 
 
+def _row_messages(chan, unit, nbr, kq, kr, km, tab):
+    """`_messages` with the sums over neighbours taken per sender row first.
+
+    The filters are linear in the radial channels, so with T sender rows
+    sum_k W(c_ak) * T[n_ak] = sum_t (sum_{k: n_ak = t} c_ak) @ kernel * T[t]: the filter
+    matrix products shrink from [A * K, R1] to [A * T, R1] (and [A * T * 3, R1] for the
+    unit-vector term). Exact up to float rounding; worth it when T is small against the
+    K neighbours, as for a periodic template (T = 2 on the heptamer, K = 39).
+    """
+    onehot = jax.nn.one_hot(nbr, tab.q.shape[0], dtype=chan.dtype)  # [A, K, T]
+    c = jnp.einsum("akt,akr->atr", onehot, chan)
+    d = jnp.einsum("akt,akx,akr->atxr", onehot, unit, chan)
+    ds = jnp.einsum("atc,tc->ac", c @ kq, tab.q)
+    dv = jnp.einsum("atxc,tc->axc", d @ kr, tab.r)
+    dv = dv + jnp.einsum("atc,xtc->axc", c @ km, tab.vm)
+    return ds, dv
+
+
 class PaiNNScore(nn.Module):
     """The network. Geometry comes in precomputed; see `ScoreModel` for the public API.
 
@@ -278,6 +306,9 @@ class PaiNNScore(nn.Module):
     n_blocks: int = 4
     n_rbf: int = 30
     cutoff: float = 6.0
+    # Template messages summed per template row before the filters (`_row_messages`);
+    # a speed choice made per System, the parameters and results are the same.
+    template_row_sums: bool = False
 
     def setup(self):
         f, nb = self.features, self.n_blocks
@@ -322,11 +353,12 @@ class PaiNNScore(nn.Module):
     ) -> dict[str, jax.Array]:
         """Template-only pass.
 
-        t_numbers [Nt], m_numbers [M], nbr [Nt, Kt] template neighbour indices, chan
-        [Nt, Kt, R1] and unit [Nt, Kt, 3] their radial channels and unit vectors (see
+        Over T template rows (one atom per translation class, see `template_classes`):
+        t_numbers [T], m_numbers [M], nbr [T, Kt] neighbours as row indices, chan
+        [T, Kt, R1] and unit [T, Kt, 3] their radial channels and unit vectors (see
         `_radial`; constants of the template). Returns the mobile embedding
         s0 [M, F] and the template sender tables of every block, blocks concatenated
-        along the feature axis: q, r [Nt, nb * F] and vm [3, Nt, nb * F].
+        along the feature axis: q, r [T, nb * F] and vm [3, T, nb * F].
         """
         nb = self.n_blocks
         s0 = self.embedding(m_numbers)
@@ -359,6 +391,8 @@ class PaiNNScore(nn.Module):
 
         def run(nbr, r):
             chan, unit = _radial(r, self.n_rbf, self.cutoff)
+            if self.template_row_sums:
+                return _row_messages(chan, unit, nbr, *kernels, tab)
             return _messages(chan, unit, nbr, *kernels, tab)
 
         a = cand.shape[0]
@@ -483,6 +517,45 @@ def _template_images(system: System, cutoff: float, pad: float) -> tuple[np.ndar
     image_pos = (pos[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
     image_atom = np.tile(np.arange(len(pos)), len(shifts))
     return image_pos, image_atom
+
+
+def template_classes(system: System, tol: float = 1e-4) -> np.ndarray:
+    """[Nt] index of a representative of each template atom's translation class.
+
+    A translation t (a difference of two template positions) is a symmetry when it maps
+    every template atom onto a template atom of the same element, modulo the cell along
+    periodic axes (within tol Å). Atoms related by symmetries see the same template
+    neighbourhood, so the template-only pass gives them identical features. The
+    representative of a class is its lowest index.
+    """
+    pos = np.asarray(system.template_positions, float)
+    z = np.asarray(system.template_numbers)
+    n = len(pos)
+    rep = np.arange(n)
+    periodic = _periodic_axes(system)
+    if n == 0 or not periodic.any():
+        return rep
+    cell = np.asarray(system.cell, float)
+    inv = np.linalg.inv(cell)
+
+    def wrap(d):  # minimum-image displacement along periodic axes
+        frac = d @ inv
+        frac = frac - np.round(frac) * periodic
+        return frac @ cell
+
+    for j in range(1, n):
+        if z[j] != z[0] or rep[j] == rep[0]:
+            continue  # 0 -> j is then a product of symmetries already found
+        t = pos[j] - pos[0]
+        dist = np.linalg.norm(wrap((pos + t)[:, None, :] - pos[None, :, :]), axis=-1)
+        image = np.argmin(dist, axis=1)
+        if np.all(dist[np.arange(n), image] < tol) and np.all(z[image] == z):
+            # t is a symmetry: every atom i lies in the class of its image i + t.
+            for i in range(n):
+                a, b = rep[i], rep[image[i]]
+                if a != b:
+                    rep[rep == max(a, b)] = min(a, b)
+    return rep
 
 
 def template_graph(system: System, cutoff: float) -> TemplateGraph:
@@ -644,7 +717,6 @@ class ScoreModel:
             )
         self.system = system
         self.config = config
-        self.net = PaiNNScore(config.features, config.n_blocks, config.n_rbf, config.cutoff)
         self.graph = template_graph(system, config.cutoff) if system.n_template else None
         self.grid = template_grid(system, config.cutoff, config.grid_spacing, config.grid_margin)
         self.shifts = mobile_image_shifts(system, config.cutoff).astype(np.float32)
@@ -652,17 +724,35 @@ class ScoreModel:
         cell = np.asarray(system.cell, float)
         self._cell = cell.astype(np.float32)
         self._inv_cell = np.linalg.inv(cell).astype(np.float32)
-        self._t_numbers = np.asarray(system.template_numbers, np.int32)
         self._m_numbers = np.asarray(system.mobile_numbers, np.int32)
+        # The template pass runs over one atom per translation class; every template
+        # index below (graph neighbours, grid candidates) is a row of that pass.
+        rep = template_classes(system) if config.template_symmetry else np.arange(system.n_template)
+        self.template_rows = np.unique(rep)  # template atoms the pass runs over
+        atom_row = np.searchsorted(self.template_rows, rep).astype(np.int32)  # [Nt]
+        self._t_numbers = np.asarray(system.template_numbers, np.int32)[self.template_rows]
         # The template graph's radial channels and unit vectors are constants.
         if self.graph is None:
             r1 = config.n_rbf + 1
             self._t_graph = (np.zeros((0, 1), np.int32), np.zeros((0, 1, r1), np.float32))
             self._t_graph += (np.zeros((0, 1, 3), np.float32),)
+            self._image_row = None
         else:
+            g = self.graph
             with jax.ensure_compile_time_eval():
-                chan, unit = _radial(jnp.asarray(self.graph.r), config.n_rbf, config.cutoff)
-            self._t_graph = (self.graph.nbr, np.asarray(chan), np.asarray(unit))
+                chan, unit = _radial(jnp.asarray(g.r), config.n_rbf, config.cutoff)
+            rows = self.template_rows
+            nbr = atom_row[g.nbr[rows]]
+            self._t_graph = (nbr, np.asarray(chan)[rows], np.asarray(unit)[rows])
+            self._image_row = atom_row[self.grid.image_atom]
+        # Per-row sums pay off when the filter work they do (T rows x (1 + 3 + 1) parts of
+        # one block width) is below the per-pair work (K pairs x 3 parts).
+        row_sums = config.template_row_sums
+        if row_sums is None:
+            row_sums = 5 * len(self.template_rows) < 3 * self.n_candidates
+        self.net = PaiNNScore(
+            config.features, config.n_blocks, config.n_rbf, config.cutoff, row_sums
+        )
 
     @property
     def n_candidates(self) -> int:
@@ -700,7 +790,7 @@ class ScoreModel:
         cell_id = (ijk[..., 0] * g.shape[1] + ijk[..., 1]) * g.shape[2] + ijk[..., 2]
         image = jnp.asarray(g.cand_image)[cell_id]  # [B, M, Kc]
         r = jnp.asarray(g.image_pos)[image] - x[..., None, :]
-        return jnp.asarray(g.image_atom)[image], r
+        return jnp.asarray(self._image_row)[image], r
 
     def _mobile_vectors(self, x: jax.Array) -> jax.Array:
         """x [B, M, 3] -> vectors to every mobile image [B, M, M * S, 3] (self far away)."""

@@ -90,7 +90,7 @@ class System:
 
     def confine(self, mobile_positions: jnp.ndarray) -> jnp.ndarray:
         """Clamp into the box and wrap x/y into the periodic cell (surface mode)."""
-        x = mobile_positions
+        x = jnp.asarray(mobile_positions)  # float64 numpy input becomes float32 without x64
         lo = jnp.asarray(self.box_lo, x.dtype)
         hi = jnp.asarray(self.box_hi, x.dtype)
         if self.mode == "cluster":

@@ -17,6 +17,7 @@ from godiff_jax.model import (
     ScoreModelConfig,
     count_params,
     score_all_atoms,
+    template_classes,
 )
 
 # ---------------------------------------------------------------- dense reference
@@ -218,7 +219,14 @@ def test_surface_lattice_translation_and_permutation(heptamer):
     assert rel_err(h.fn(h.params, x[:, perm], T4), np.asarray(out)[:, perm]) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["heptamer", "adatom"])
+@pytest.fixture(scope="module")
+def heptamer_pairwise():
+    """Template messages pair by pair over all 72 template atoms (no symmetry, no row sums)."""
+    cfg = ScoreModelConfig(template_symmetry=False, template_row_sums=False)
+    return Case(gd.pt111_heptamer(), cfg)
+
+
+@pytest.mark.parametrize("name", ["heptamer", "heptamer_pairwise", "adatom"])
 def test_grid_matches_dense_reference(name, request):
     c = request.getfixturevalue(name)
     # Two inside the box, two noisy (outside it, within the grid margin).
@@ -231,10 +239,12 @@ def test_grid_matches_dense_reference(name, request):
     assert rel_err(c.fn(c.params, x, T4), c.reference(x, T4)) < 2e-5
 
 
-def test_gradients_match_reference():
+@pytest.mark.parametrize("row_sums", [True, False])
+def test_gradients_match_reference(row_sums):
     # A small network on the adatom (mobile self-images), template messages in chunks of
-    # two structures (the last one padded): parameter and position gradients.
-    config = ScoreModelConfig(features=16, n_blocks=2, batch_chunk=2)
+    # two structures (the last one padded), per template row or pair by pair (the
+    # hand-written VJP): parameter and position gradients.
+    config = ScoreModelConfig(features=16, n_blocks=2, batch_chunk=2, template_row_sums=row_sums)
     c = Case(gd.stepped_pt_adatom(), config, seed=3)
     x = random_mobile(jax.random.PRNGKey(9), c.system, 3, noise=0.3)
     t = jnp.array([0.2, 0.5, 0.8])
@@ -316,3 +326,46 @@ def test_chunked_batches_match_one_batch(heptamer):
     ctx = jax.jit(h.model.context)(h.params)
     chunked = jax.jit(h.model.apply)(h.params, ctx, x, t)
     assert rel_err(chunked, jax.jit(whole.apply)(h.params, ctx, x, t)) < 1e-5
+
+
+def _slab_system(symbols=None, rattle=0.0):
+    from ase.build import fcc111
+
+    slab = fcc111("Pt", size=(3, 3, 2), vacuum=8.0)
+    if symbols is not None:
+        slab.set_chemical_symbols(symbols)
+    if rattle:
+        slab.rattle(rattle, seed=1)
+    return gd.make_surface_system(slab, "Pt2", (1.5, 4.0))
+
+
+def test_template_translation_classes(heptamer, adatom):
+    classes = [len(np.unique(template_classes(c.system))) for c in (heptamer, adatom)]
+    # 6x6x2 Pt(111): one class per layer; the stepped cell is two rows wide along the step.
+    assert classes[0] == 2 and classes[1] == 10
+    # Alternating species along one row split a layer's class by species and position.
+    mixed = _slab_system(["Cu", "Au", "Pt"] * 6)
+    rep = template_classes(mixed)
+    z = mixed.template_numbers
+    assert all(z[i] == z[rep[i]] for i in range(len(z)))
+    assert len(np.unique(rep)) == 6
+    # A rattled slab has no symmetry left.
+    assert len(np.unique(template_classes(_slab_system(rattle=0.05)))) == 18
+
+
+@pytest.mark.parametrize("symbols", [None, ["Cu", "Au", "Pt"] * 6])
+def test_template_symmetry_is_exact(symbols):
+    system = _slab_system(symbols)
+    on = Case(system, seed=3)
+    off = ScoreModel(system, ScoreModelConfig(template_symmetry=False, template_row_sums=False))
+    assert len(on.model.template_rows) < system.n_template == len(off.template_rows)
+    x = random_mobile(jax.random.PRNGKey(9), system, 4, noise=0.3)
+
+    def loss(model, p):
+        return jnp.sum(model(p, x, T4) ** 2)
+
+    np.testing.assert_allclose(on.fn(on.params, x, T4), off(on.params, x, T4), atol=1e-6)
+    g_on = jax.grad(lambda p: loss(on.model, p))(on.params)
+    g_off = jax.grad(lambda p: loss(off, p))(on.params)
+    for a, b in zip(jax.tree.leaves(g_on), jax.tree.leaves(g_off), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()) + 1e-12)
