@@ -83,6 +83,8 @@ def main() -> None:
     print(
         f"{system.name}: {system.n_template} template + {system.n_mobile} mobile atoms; "
         f"{count_params(params)} parameters; {config}\n"
+        f"  template rows (translation classes) {len(model.template_rows)}, "
+        f"per-row template messages {model.net.template_row_sums}\n"
         f"  template candidates per mobile atom Kc={model.n_candidates} "
         f"(grid {model.grid.shape}), template neighbours Kt={model.graph.nbr.shape[1]}, "
         f"mobile images S={len(model.shifts)}; host-side build {build_s:.2f} s"
@@ -98,6 +100,9 @@ def main() -> None:
 
     # Ablations: the same network with parts switched off.
     unchunked = ScoreModel(system, ScoreModelConfig(batch_chunk=0))
+    pairwise = ScoreModel(
+        system, ScoreModelConfig(template_symmetry=False, template_row_sums=False)
+    )
 
     def no_template(p, c, x, t):
         """The model without template messages."""
@@ -113,6 +118,9 @@ def main() -> None:
     apply_no_template = jax.jit(no_template)
     context = jax.jit(model.context)
     step = jax.jit(jax.value_and_grad(lambda p: dsm(model(p, x16, t16))))
+    step_pairwise = jax.jit(jax.value_and_grad(lambda p: dsm(pairwise(p, x16, t16))))
+    apply_pairwise = jax.jit(pairwise.apply)
+    ctx_pairwise = jax.jit(pairwise.context)(params)
     ctx_step = jax.jit(jax.value_and_grad(ctx_loss))
     fixed_ctx = jax.lax.stop_gradient(ctx)
     step_fixed_ctx = jax.jit(jax.value_and_grad(lambda p: dsm(model.apply(p, fixed_ctx, x16, t16))))
@@ -128,6 +136,11 @@ def main() -> None:
             lambda: apply_no_template(params, ctx, x128, t128),
             128,
         ),
+        "forward B=128, pairwise template (72 rows)": (
+            lambda: apply_pairwise(params, ctx_pairwise, x128, t128),
+            128,
+        ),
+        "train step B=16, pairwise template": (lambda: step_pairwise(params), 1),
         "forward B=16 (context given)": (lambda: apply(params, ctx, x16, t16), 16),
         "context forward": (lambda: context(params), 1),
         "context value_and_grad": (lambda: ctx_step(params), 1),

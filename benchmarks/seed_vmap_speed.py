@@ -10,9 +10,6 @@ paper's model size. Prints seconds per phase call and the ratio to S x the one-s
 
 import argparse
 import dataclasses
-import datetime
-import os
-import platform
 import statistics
 import time
 
@@ -21,7 +18,7 @@ import jax.numpy as jnp
 
 from godiff_jax import pt111_heptamer
 from godiff_jax.potentials.emt import emt_energy_fn
-from godiff_jax.runtime import keep_heap_memory
+from godiff_jax.runtime import keep_heap_memory, machine_summary
 from godiff_jax.search import SearchConfig, _compiled_phases
 
 
@@ -46,10 +43,7 @@ def main():
     )
     args = p.parse_args()
     keep_heap_memory()
-    print(
-        f"{datetime.date.today()}  {platform.processor() or platform.machine()}  "
-        f"{os.cpu_count()} CPUs  jax {jax.__version__} {jax.devices()[0].platform}"
-    )
+    print(machine_summary())
     system = pt111_heptamer()
     config = dataclasses.replace(
         SearchConfig(), train_steps=args.train_steps, n_reverse_steps=args.reverse_steps

@@ -8,9 +8,6 @@ plus the pieces they are made of (template context, one score call, one loss+gra
 """
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import time
 
@@ -20,7 +17,7 @@ import jax.numpy as jnp
 from godiff_jax import pt111_heptamer
 from godiff_jax.loss import weighted_dsm_loss
 from godiff_jax.model import ScoreModel, ScoreModelConfig
-from godiff_jax.runtime import keep_heap_memory
+from godiff_jax.runtime import keep_heap_memory, machine_summary
 from godiff_jax.sampler import reverse_sample
 from godiff_jax.sde import sample_prior
 from godiff_jax.train import init_train_state, make_optimizer, train_steps
@@ -45,10 +42,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     keep_heap_memory()
-    print(
-        f"{datetime.date.today()}  {platform.processor() or platform.machine()}  "
-        f"{os.cpu_count()} CPUs  jax {jax.__version__} {jax.devices()[0].platform}"
-    )
+    print(machine_summary())
 
     system = pt111_heptamer()
     model = ScoreModel(system, ScoreModelConfig())

@@ -1,4 +1,4 @@
-"""Process-level tuning for XLA on CPU."""
+"""Process-level tuning for XLA on CPU, and the machine line benchmarks print."""
 
 from __future__ import annotations
 
@@ -19,3 +19,17 @@ def keep_heap_memory(top_pad_mb: int = 512) -> bool:
         return False
     m_top_pad = -2
     return bool(libc.mallopt(m_top_pad, top_pad_mb << 20))
+
+
+def machine_summary() -> str:
+    """One line for benchmark output: date, CPU, core count, jax version and backend."""
+    import datetime
+    import os
+    import platform
+
+    import jax
+
+    return (
+        f"{datetime.date.today()}  {platform.processor() or platform.machine()}  "
+        f"{os.cpu_count()} CPUs  jax {jax.__version__} {jax.devices()[0].platform}"
+    )
