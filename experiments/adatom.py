@@ -1,6 +1,6 @@
 """Pt adatom on stepped Pt with the embedded JAX EMT (paper section 3.1, Figure 1).
 
-    python experiments/adatom.py --seeds 8         # paper settings, 8 seeds as one program
+    python experiments/adatom.py --seeds 8         # paper settings, 8 seeds vmapped
     python experiments/adatom.py --quick           # small preset
 
 Success: a generated structure within 0.1 eV (single point) of the EMT minimum, or with

@@ -1,7 +1,7 @@
 """Pt7 heptamer on Pt(111) with the embedded JAX EMT (paper section 3.2, Figure 2).
 
     python experiments/heptamer.py                 # paper settings, seed 0
-    python experiments/heptamer.py --seeds 8       # 8 seeds as one compiled program
+    python experiments/heptamer.py --seeds 8       # 8 seeds as one vmapped program
     python experiments/heptamer.py --quick         # small preset, ~10 min on a 2-core CPU
 
 Success: a generated structure whose 7 atoms form the wheel bond graph and that relaxes

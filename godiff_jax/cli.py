@@ -25,7 +25,7 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
         "--seed-batch",
         type=int,
         default=None,
-        help="seeds vmapped together (default: all on a GPU, 1 on CPU where that is faster)",
+        help="seeds vmapped together (default: all; fewer loops over groups, for memory)",
     )
     p.add_argument("--workdir", default=default_workdir, help="run directory (resumes if present)")
     p.add_argument("--quick", action="store_true", help="small preset: ~10 min on a 2-core CPU")

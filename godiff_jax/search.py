@@ -230,13 +230,13 @@ def _default_energy(system: System) -> EnergyFn:
 
 
 def default_seed_batch(n_seeds: int) -> int:
-    """Seeds vmapped together: all of them on an accelerator, one at a time on CPU.
+    """Seeds vmapped together by default: all of them.
 
-    On XLA CPU the seed-vmapped model (every parameter gains a seed axis) ran ~1.5x
-    slower per seed than the plain one (benchmarks/seed_vmap_speed.py), so there the
-    seeds loop inside the one compiled program instead.
+    Measured on the 2-core CPU (benchmarks/seed_vmap_speed.py, RESULTS.md section 7):
+    8 seeds vmapped train in 0.53x and sample in 0.82x the time of 8 separate runs. A
+    smaller `seed_batch` loops over groups of seeds instead (less memory).
     """
-    return n_seeds if jax.default_backend() != "cpu" else 1
+    return n_seeds
 
 
 def _over_seeds(fn: Callable, n_seeds: int, in_axes: tuple, seed_batch: int) -> Callable:
@@ -309,7 +309,7 @@ def run(
     every iteration), structures.db (ASE database) and metrics.jsonl; running again on the
     same directory resumes where it stopped. `max_iterations` stops early (the run can be
     resumed later). `seed_batch` seeds are vmapped together inside each phase (default:
-    all on an accelerator, 1 on CPU: see `default_seed_batch`); each seed's results are
+    all of them; fewer loops over groups, for memory); each seed's results are
     those of a separate run with that seed. Returns the final RunState (leading seed axis).
     """
     from godiff_jax.ase_interop import evaluate_with_calculator
