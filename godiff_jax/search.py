@@ -243,7 +243,8 @@ def _over_seeds(fn: Callable, n_seeds: int, in_axes: tuple, seed_batch: int) -> 
     """One jitted program applying fn to every seed (the leading axis of in_axes=0 args).
 
     `seed_batch` seeds at a time are vmapped together (`lax.map(..., batch_size)`);
-    seed_batch >= n_seeds is a plain vmap. One seed squeezes the axis instead.
+    seed_batch >= n_seeds is a plain vmap. One seed squeezes the axis instead: with the
+    model of commit 30ae0b6, XLA CPU ran a size-1 vmapped training scan ~2x slower.
     """
     mapped = [ax is not None for ax in in_axes]
 
