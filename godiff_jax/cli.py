@@ -28,7 +28,7 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
         help="seeds vmapped together (default: all; fewer loops over groups, for memory)",
     )
     p.add_argument("--workdir", default=default_workdir, help="run directory (resumes if present)")
-    p.add_argument("--quick", action="store_true", help="small preset: ~10 min on a 2-core CPU")
+    p.add_argument("--quick", action="store_true", help="small preset: minutes on a 2-core CPU")
     p.add_argument("--iterations", type=int, default=None, help="stop after this many (resumable)")
     p.add_argument("--no-progress", action="store_true")
     return p
