@@ -229,16 +229,6 @@ def _default_energy(system: System) -> EnergyFn:
     return emt_energy_fn(system)
 
 
-def default_seed_batch(n_seeds: int) -> int:
-    """Seeds vmapped together by default: all of them.
-
-    Measured on the 2-core CPU (benchmarks/seed_vmap_speed.py, RESULTS.md section 7):
-    8 seeds vmapped train in 0.53x and sample in 0.82x the time of 8 separate runs. A
-    smaller `seed_batch` loops over groups of seeds instead (less memory).
-    """
-    return n_seeds
-
-
 def _over_seeds(fn: Callable, n_seeds: int, in_axes: tuple, seed_batch: int) -> Callable:
     """One jitted program applying fn to every seed (the leading axis of in_axes=0 args).
 
@@ -281,7 +271,9 @@ def _compiled_phases(
 ):
     """The jitted phases over a leading seed axis; cached so repeated runs do not recompile."""
     search = GODiff(system, config)
-    sb = default_seed_batch(n_seeds) if seed_batch is None else max(1, seed_batch)
+    # Default: all seeds vmapped (8 seeds train in 0.53x the time of 8 runs on the 2-core
+    # CPU, RESULTS.md section 7); fewer loop over groups, for memory.
+    sb = n_seeds if seed_batch is None else max(1, seed_batch)
     sample_fn = _over_seeds(search.sample, n_seeds, (0,), sb)
     eval_fn = None
     if energy_fn is not None:
