@@ -31,7 +31,31 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
     p.add_argument("--quick", action="store_true", help="small preset: minutes on a 2-core CPU")
     p.add_argument("--iterations", type=int, default=None, help="stop after this many (resumable)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one SearchConfig field, e.g. --set train_steps=4000 (repeatable)",
+    )
     return p
+
+
+def apply_overrides(config: SearchConfig, assignments: list[str]) -> SearchConfig:
+    """SearchConfig with `NAME=VALUE` overrides; VALUE is read as JSON, else as a string."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    changes = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(
+                f"--set {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}"
+            )
+        try:
+            changes[name] = json.loads(text)
+        except json.JSONDecodeError:
+            changes[name] = text
+    return dataclasses.replace(config, **changes)
 
 
 def run_experiment(
@@ -45,7 +69,7 @@ def run_experiment(
 ) -> None:
     args = experiment_parser(description, default_workdir).parse_args(argv)
     keep_heap_memory()  # XLA re-allocates its buffers every call; keep freed heap mapped
-    cfg = quick if args.quick else config
+    cfg = apply_overrides(quick if args.quick else config, args.set)
     seeds = list(range(args.seed, args.seed + args.seeds))
     workdir = Path(args.workdir)
     print(f"{system.name}: {len(seeds)} seed(s) {seeds}, workdir {workdir}")

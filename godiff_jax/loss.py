@@ -57,15 +57,19 @@ def weighted_dsm_loss(
     sde: VESDE = VESDE(),
     convention: ScoreConvention = "reference",
     t_min: float = 1e-5,
+    bounds: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """Mean over the batch of w_b * dsm_error_b, with t ~ U[t_min, 1] per structure.
 
-    x0: [B, M, 3] mobile positions (Å); weights: [B] (0 drops a structure).
+    x0: [B, M, 3] mobile positions (Å); weights: [B] (0 drops a structure); bounds: the
+    box the noised positions are kept in (see `sde.perturb`), None for plain Gaussian noise.
     """
     n = x0.shape[0]
     key_t, key_z = jax.random.split(key)
     t = jax.random.uniform(key_t, (n,), x0.dtype, minval=t_min, maxval=1.0)
-    xt, z = jax.vmap(perturb, in_axes=(0, None, 0, 0))(jax.random.split(key_z, n), sde, x0, t)
+    xt, z = jax.vmap(perturb, in_axes=(0, None, 0, 0, None))(
+        jax.random.split(key_z, n), sde, x0, t, bounds
+    )
     score = score_fn(params, xt, t)
     err = dsm_error(z, score, marginal_var(sde, t), convention)
     return jnp.mean(weights.astype(err.dtype) * err)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from godiff_jax.system import System
 
@@ -37,10 +38,36 @@ def diffusion_sq(sde: VESDE, t: jax.Array) -> jax.Array:
     return 2.0 * sigma(sde, t) * (sde.sigma_max - sde.sigma_min)
 
 
-def perturb(key: jax.Array, sde: VESDE, x0: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Draw x_t ~ p(x_t | x_0) for one structure; returns (x_t, z) with z ~ N(0, I)."""
-    z = jax.random.normal(key, x0.shape, x0.dtype)
-    return x0 + jnp.sqrt(marginal_var(sde, t)).astype(x0.dtype) * z, z
+def perturb(
+    key: jax.Array,
+    sde: VESDE,
+    x0: jax.Array,
+    t: jax.Array,
+    bounds: tuple[jax.Array, jax.Array] | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Draw x_t ~ p(x_t | x_0) for one structure; returns (x_t, z), x_t = x_0 + sqrt(var) z.
+
+    bounds=None: z ~ N(0, I). bounds=(lo [3], hi [3]) Å: each coordinate of z is a normal
+    truncated so that x_t stays in [lo, hi] (infinite bounds leave a coordinate free), as
+    the reference's TruncatedNormal keeps z inside the box the sampler clamps to.
+    """
+    std = jnp.sqrt(marginal_var(sde, t)).astype(x0.dtype)
+    if bounds is None:
+        z = jax.random.normal(key, x0.shape, x0.dtype)
+    else:
+        lo = (jnp.asarray(bounds[0], x0.dtype) - x0) / std
+        hi = (jnp.asarray(bounds[1], x0.dtype) - x0) / std
+        z = jax.random.truncated_normal(key, lo, hi, x0.shape, x0.dtype)
+    return x0 + std * z, z
+
+
+def noise_bounds(system: System) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) [3] Å for `perturb`: the box in z (surface) or in xyz (cluster)."""
+    lo = np.asarray(system.box_lo, np.float64).copy()
+    hi = np.asarray(system.box_hi, np.float64).copy()
+    if system.mode != "cluster":
+        lo[:2], hi[:2] = -np.inf, np.inf  # x/y are periodic
+    return lo, hi
 
 
 def sample_prior(

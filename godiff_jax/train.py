@@ -84,17 +84,19 @@ def train_steps(
     batch_size: int,
     sde: VESDE = VESDE(),
     convention: ScoreConvention = "reference",
+    bounds: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """n_steps optimizer steps on the buffer (positions [K, M, 3], weights [K]).
 
     Minibatches walk through a fresh permutation of the buffer every epoch, as a data
-    loader with shuffling does. Returns the new state and the loss of every step.
+    loader with shuffling does. `bounds` truncates the training noise to the box (see
+    `sde.perturb`). Returns the new state and the loss of every step.
     """
     k = positions.shape[0]
     batch_size = min(batch_size, k)
     steps_per_epoch = max(1, k // batch_size)
     loss_and_grad = jax.value_and_grad(
-        lambda p, kk, x, w: weighted_dsm_loss(score_fn, p, kk, x, w, sde, convention)
+        lambda p, kk, x, w: weighted_dsm_loss(score_fn, p, kk, x, w, sde, convention, bounds=bounds)
     )
 
     key_perm, key_loss = jax.random.split(key)

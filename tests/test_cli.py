@@ -1,0 +1,20 @@
+import pytest
+
+from godiff_jax.cli import apply_overrides
+from godiff_jax.search import SearchConfig
+
+
+def test_set_overrides_parse_json_values():
+    cfg = apply_overrides(
+        SearchConfig(),
+        ["train_steps=4000", "truncated_noise=false", "kT_end=0.05", "score_convention=textbook"],
+    )
+    assert cfg.train_steps == 4000 and cfg.truncated_noise is False
+    assert cfg.kT_end == 0.05 and cfg.score_convention == "textbook"
+    assert cfg.n_samples == SearchConfig().n_samples
+
+
+@pytest.mark.parametrize("bad", ["train_step=4000", "train_steps"])
+def test_set_rejects_unknown_fields_by_name(bad):
+    with pytest.raises(SystemExit, match="train_steps"):
+        apply_overrides(SearchConfig(), [bad])
