@@ -317,7 +317,9 @@ def run(
     io.write_config(workdir, config)
     if energy_fn is None and calculator is None:
         energy_fn = _default_energy(system)
-    search, sample_fn, eval_fn, update_fn = _compiled_phases(system, config, energy_fn, len(seeds))
+    search, sample_fn, eval_fn, update_fn = _compiled_phases(
+        system, config, energy_fn, len(seeds), seed_batch
+    )
     kTs = config.kT_schedule()
 
     saved = io.load_checkpoint(workdir)

@@ -9,6 +9,7 @@ import pytest
 from ase.calculators.emt import EMT
 
 from godiff_jax import io, stepped_pt_adatom
+from godiff_jax import search as search_module
 from godiff_jax.search import SearchConfig, run
 
 TINY = SearchConfig(
@@ -139,6 +140,25 @@ def test_seeds_in_one_program_equal_separate_runs(system, tmp_path, seed_batch):
             strict=True,
         ):
             np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b)[0], atol=1e-5)
+
+
+def test_seed_batch_reaches_the_compiled_phases(system, tmp_path, monkeypatch):
+    # run() must hand seed_batch on: the loop over seed groups (lax.map) is another program.
+    seen = []
+    compiled = search_module._compiled_phases
+
+    def spy(*args):
+        seen.append(args[3:])
+        return compiled(*args)
+
+    monkeypatch.setattr(search_module, "_compiled_phases", spy)
+    run(system, TINY, tmp_path, seeds=[0, 1], progress=False, seed_batch=1, max_iterations=1)
+    assert seen == [(2, 1)]
+    loop = search_module._over_seeds(lambda x: x * 2.0, 2, (0,), 1)
+    vmapped = search_module._over_seeds(lambda x: x * 2.0, 2, (0,), 2)
+    x = np.ones((2, 3), np.float32)
+    assert "scan" in str(jax.make_jaxpr(loop)(x)) and "scan" not in str(jax.make_jaxpr(vmapped)(x))
+    np.testing.assert_array_equal(loop(x), vmapped(x))
 
 
 class FlakyEMT(EMT):
