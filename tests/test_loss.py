@@ -3,8 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from godiff_jax import pt111_heptamer
 from godiff_jax.loss import boltzmann_weights, dsm_error, weighted_dsm_loss
-from godiff_jax.sde import VESDE, marginal_var
+from godiff_jax.sde import VESDE, marginal_var, noise_bounds
 
 
 def test_boltzmann_weights_hand_computed():
@@ -64,3 +65,25 @@ def test_dsm_error_zero_for_optimal_reference_score():
     np.testing.assert_allclose(
         dsm_error(z, -z / jnp.sqrt(var)[:, None, None], var, "textbook"), 0, atol=1e-12
     )
+
+
+def test_truncated_noise_reaches_the_loss():
+    # x0 on the box floor: truncated noise makes z_z half-normal (mean sqrt(2/pi)), so with a
+    # constant score c = +-e_z, L(+c) - L(-c) = 4 E[var(t)] E[z_z] = 4 * 0.3366 * 0.798;
+    # with plain Gaussian noise E[z_z] = 0 and the difference vanishes.
+    system = pt111_heptamer()
+    lo, hi = noise_bounds(system)
+    n = 80000
+    x0 = jnp.broadcast_to(jnp.array([1.0, 1.0, lo[2]], jnp.float32), (n, 1, 3))
+    w = jnp.ones(n)
+    key = jax.random.PRNGKey(5)
+
+    def loss(sign, bounds):
+        score = lambda p, x, t: sign * jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0]), x.shape)  # noqa: E731
+        return float(weighted_dsm_loss(score, None, key, x0, w, bounds=bounds))
+
+    sde = VESDE()
+    ev = float(np.mean(marginal_var(sde, np.linspace(1e-5, 1.0, 100001))))
+    expected = 4 * ev * np.sqrt(2 / np.pi)
+    np.testing.assert_allclose(loss(1.0, (lo, hi)) - loss(-1.0, (lo, hi)), expected, rtol=0.03)
+    np.testing.assert_allclose(loss(1.0, None) - loss(-1.0, None), 0.0, atol=0.03)
