@@ -41,8 +41,23 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
     return p
 
 
+def _parse_value(text: str, default: object) -> object:
+    """A --set value as the type of the field's default (bool: true/false in any case)."""
+    if text.lower() in ("none", "null"):
+        return None
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return text.lower() == "true"
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float) or default is None:  # None: the optional float fields
+        return float(text)
+    return text
+
+
 def apply_overrides(config: SearchConfig, assignments: list[str]) -> SearchConfig:
-    """SearchConfig with `NAME=VALUE` overrides; VALUE is read as JSON, else as a string."""
+    """SearchConfig with `NAME=VALUE` overrides, each VALUE read as its field's type."""
     fields = {f.name for f in dataclasses.fields(config)}
     changes = {}
     for item in assignments:
@@ -52,9 +67,9 @@ def apply_overrides(config: SearchConfig, assignments: list[str]) -> SearchConfi
                 f"--set {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}"
             )
         try:
-            changes[name] = json.loads(text)
-        except json.JSONDecodeError:
-            changes[name] = text
+            changes[name] = _parse_value(text, getattr(config, name))
+        except ValueError as err:
+            raise SystemExit(f"--set {item!r}: {err}") from None
     return dataclasses.replace(config, **changes)
 
 

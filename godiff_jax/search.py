@@ -86,6 +86,11 @@ class SearchConfig:
             features=self.features, n_blocks=self.n_blocks, n_rbf=self.n_rbf, cutoff=self.cutoff
         )
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Minibatches per pass over the buffer (as `train.train_steps` walks it)."""
+        return max(1, self.buffer_size // min(self.batch_size, self.buffer_size))
+
     def kT_schedule(self) -> np.ndarray:
         return exponential_kT(self.kT_start, self.kT_end, self.n_iterations)
 
@@ -122,14 +127,13 @@ class GODiff:
         self.system = system
         self.config = config
         self.model = ScoreModel(system, config.model_config)
-        k = config.buffer_size
         self.optimizer = make_optimizer(
             config.learning_rate,
             config.weight_decay,
             config.clip_norm,
             config.plateau_factor,
             config.plateau_patience,
-            steps_per_epoch=max(1, k // min(config.batch_size, k)),
+            steps_per_epoch=config.steps_per_epoch,
         )
 
     # -- pure, single-seed pieces ------------------------------------------------------
@@ -380,7 +384,7 @@ def run(
             prev_evals,
             success_fn,
             (t1 - t0, t2 - t1, t3 - t2),
-            max(1, config.buffer_size // min(config.batch_size, config.buffer_size)),
+            config.steps_per_epoch,
         )
         io.save_checkpoint(
             workdir, {"seeds": seeds, "iteration": k + 1, "state": state, "config": config}
