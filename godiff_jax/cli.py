@@ -13,7 +13,7 @@ import numpy as np
 
 from godiff_jax import io
 from godiff_jax.runtime import keep_heap_memory
-from godiff_jax.search import SearchConfig, SuccessFn, run
+from godiff_jax.search import PRESETS, SearchConfig, SuccessFn, apply_preset, run
 from godiff_jax.system import System
 
 
@@ -29,6 +29,12 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
     )
     p.add_argument("--workdir", default=default_workdir, help="run directory (resumes if present)")
     p.add_argument("--quick", action="store_true", help="small preset: minutes on a 2-core CPU")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="named settings overlay (reference: every choice of the authors' code)",
+    )
     p.add_argument("--iterations", type=int, default=None, help="stop after this many (resumable)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -84,7 +90,7 @@ def run_experiment(
 ) -> None:
     args = experiment_parser(description, default_workdir).parse_args(argv)
     keep_heap_memory()  # XLA re-allocates its buffers every call; keep freed heap mapped
-    cfg = apply_overrides(quick if args.quick else config, args.set)
+    cfg = apply_overrides(apply_preset(quick if args.quick else config, args.preset), args.set)
     seeds = list(range(args.seed, args.seed + args.seeds))
     workdir = Path(args.workdir)
     print(f"{system.name}: {len(seeds)} seed(s) {seeds}, workdir {workdir}")

@@ -58,11 +58,14 @@ def weighted_dsm_loss(
     convention: ScoreConvention = "reference",
     t_min: float = 1e-5,
     bounds: tuple[jax.Array, jax.Array] | None = None,
+    node_fraction: float = 1.0,
 ) -> jax.Array:
     """Mean over the batch of w_b * dsm_error_b, with t ~ U[t_min, 1] per structure.
 
     x0: [B, M, 3] mobile positions (Å); weights: [B] (0 drops a structure); bounds: the
     box the noised positions are kept in (see `sde.perturb`), None for plain Gaussian noise.
+    `node_fraction` scales the per-atom mean: 1 averages over the mobile atoms, M / N over
+    all N atoms with the template's terms zero, as the reference does.
     """
     n = x0.shape[0]
     key_t, key_z = jax.random.split(key)
@@ -72,4 +75,4 @@ def weighted_dsm_loss(
     )
     score = score_fn(params, xt, t)
     err = dsm_error(z, score, marginal_var(sde, t), convention)
-    return jnp.mean(weights.astype(err.dtype) * err)
+    return jnp.mean(weights.astype(err.dtype) * err) * node_fraction

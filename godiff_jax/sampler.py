@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from godiff_jax.sde import VESDE, diffusion_sq, sample_prior
+from godiff_jax.sde import VESDE, diffusion_sq, noise_bounds, sample_prior, truncated_normal
 from godiff_jax.system import System
 
 # score(x [B, M, 3] Å, t [B]) -> [B, M, 3]; parameters are closed over by the caller.
@@ -36,26 +37,40 @@ def reverse_sample(
     corrector: Corrector | None = None,
     corrector_state: object = None,
     confine: bool = True,
+    truncate_z: bool = False,
 ) -> jax.Array:
     """Draw n_samples structures [n_samples, M, 3] (Å) from the reverse SDE.
 
     Starts from the uniform prior in the box (or `x_init`), then for each t_i:
     x <- x + g^2 s dt + g sqrt(dt) z (no noise on the last step), an optional corrector,
-    then z is clamped into the box and x/y wrapped into the cell.
+    then z is clamped into the box and x/y wrapped into the cell. `truncate_z` draws the
+    noise of each bounded coordinate from a normal truncated so that the step lands in the
+    box (as the reference's sampler does) before the clamp.
     """
     key_prior, key_steps = jax.random.split(key)
     x = sample_prior(key_prior, system, n_samples) if x_init is None else x_init
     ts, dt = reverse_times(n_steps, t_end)
     ts = ts.astype(x.dtype)
     noise_on = (jnp.arange(n_steps) < n_steps - 1).astype(x.dtype)
+    lo_np, hi_np = noise_bounds(system)
+    bounded = np.isfinite(lo_np) | np.isfinite(hi_np)
+    lo, hi = jnp.asarray(lo_np, x.dtype), jnp.asarray(hi_np, x.dtype)
 
     def step(carry, inputs):
         x, cstate = carry
         t, k, noise = inputs
         g2 = diffusion_sq(sde, t)
         s = score_fn(x, jnp.full((x.shape[0],), t, x.dtype))
+        mean = x + g2 * dt * s
+        std = noise * jnp.sqrt(g2 * dt)
         z = jax.random.normal(k, x.shape, x.dtype)
-        x = x + g2 * dt * s + noise * jnp.sqrt(g2 * dt) * z
+        if truncate_z:
+            safe = jnp.maximum(std, jnp.finfo(x.dtype).tiny)
+            zt = truncated_normal(
+                jax.random.fold_in(k, 1), (lo - mean) / safe, (hi - mean) / safe, x.shape, x.dtype
+            )
+            z = jnp.where(bounded, zt, z)
+        x = mean + std * z
         if corrector is not None:
             x, cstate = corrector(x, t, jnp.asarray(dt, x.dtype), cstate)
         if confine:

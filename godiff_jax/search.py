@@ -30,10 +30,12 @@ from godiff_jax.schedule import exponential_kT
 from godiff_jax.sde import VESDE, noise_bounds
 from godiff_jax.system import System
 from godiff_jax.train import (
+    StepStats,
     TrainState,
     init_train_state,
     learning_rate_scale,
     make_optimizer,
+    reset_optimizer,
     reset_plateau,
 )
 from godiff_jax.train import train_steps as run_train_steps
@@ -61,10 +63,13 @@ class SearchConfig:
     sigma_max: float = 1.0  # Å
     min_distance: float = 1.0  # Å; closer pairs are discarded before evaluation
     energy_floor: float | None = None  # eV; lower energies are masked (ML-potential holes)
-    score_convention: str = "reference"
-    # True: training noise truncated to the box, as the reference's TruncatedNormal. Measured
-    # worse here (heptamer, 8 seeds on a GPU: 1/8 found and 3 seeds collapsed, vs 4/8).
-    truncated_noise: bool = False
+    score_convention: str = "reference"  # or "textbook" (loss.dsm_error)
+    # The reference's choices (issue 8; `reference_faithful` turns all of them on):
+    truncated_noise: bool = False  # training noise truncated to the box in z (TruncatedNormal)
+    loss_normalisation: str = "mobile"  # or "all_atoms": per-atom mean over template too
+    fresh_optimizer: bool = False  # new AdamW + plateau state every iteration (Lightning `fit`)
+    holdout_fraction: float = 0.0  # buffer share held out; its loss drives the plateau
+    reverse_truncated_z: bool = False  # reverse-step noise truncated to the box, then clamp
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
     clip_norm: float = 10.0
@@ -86,13 +91,61 @@ class SearchConfig:
             features=self.features, n_blocks=self.n_blocks, n_rbf=self.n_rbf, cutoff=self.cutoff
         )
 
+    def __post_init__(self):
+        if self.score_convention not in ("reference", "textbook"):
+            raise ValueError(
+                f"score_convention: 'reference' or 'textbook', got {self.score_convention!r}"
+            )
+        if self.loss_normalisation not in ("mobile", "all_atoms"):
+            raise ValueError(
+                f"loss_normalisation: 'mobile' or 'all_atoms', got {self.loss_normalisation!r}"
+            )
+        if not 0.0 <= self.holdout_fraction < 1.0 or self.n_train < 1:
+            raise ValueError(
+                f"holdout_fraction must leave training structures, got {self.holdout_fraction}"
+            )
+
+    @property
+    def n_holdout(self) -> int:
+        """Buffer structures held out of training (torch's random_split rounding)."""
+        return int(np.floor(self.buffer_size * self.holdout_fraction))
+
+    @property
+    def n_train(self) -> int:
+        return self.buffer_size - self.n_holdout
+
     @property
     def steps_per_epoch(self) -> int:
-        """Minibatches per pass over the buffer (as `train.train_steps` walks it)."""
-        return max(1, self.buffer_size // min(self.batch_size, self.buffer_size))
+        """Minibatches per pass over the training structures (as `train.train_steps` walks them)."""
+        return max(1, self.n_train // min(self.batch_size, self.n_train))
 
     def kT_schedule(self) -> np.ndarray:
         return exponential_kT(self.kT_start, self.kT_end, self.n_iterations)
+
+
+# Named overlays on a system's settings. "reference": every choice of the authors' code that
+# differs from ours (issue 8): truncated training noise, the loss averaged over all atoms,
+# a fresh optimizer per iteration, a 90/10 buffer split driving the plateau scheduler,
+# truncated reverse-step noise, and their score convention.
+PRESETS: dict[str, dict[str, object]] = {
+    "reference": {
+        "score_convention": "reference",
+        "truncated_noise": True,
+        "loss_normalisation": "all_atoms",
+        "fresh_optimizer": True,
+        "holdout_fraction": 0.1,
+        "reverse_truncated_z": True,
+    },
+}
+
+
+def apply_preset(config: SearchConfig, name: str | None) -> SearchConfig:
+    """`config` with the named preset's fields set (None: unchanged)."""
+    if name is None:
+        return config
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return dataclasses.replace(config, **PRESETS[name])
 
 
 class RunState(NamedTuple):
@@ -112,8 +165,9 @@ class IterationInfo(NamedTuple):
     buffer_energies: jax.Array  # [K] eV
     buffer_weights: jax.Array  # [K]
     buffer_valid: jax.Array  # [K] bool
-    losses: jax.Array  # [train_steps]
+    steps: StepStats  # per training step: loss, gradient norm, skipped, held-out loss
     lr_scale: jax.Array  # [] reduce-on-plateau multiplier
+    params_finite: jax.Array  # [] bool, every model parameter finite after training
 
 
 class GODiff:
@@ -167,7 +221,9 @@ class GODiff:
             c.n_reverse_steps,
             c.t_end,
             c.sde,
+            truncate_z=c.reverse_truncated_z,
         )
+        # NaN positions fail this test too; `run` reports them apart from close pairs.
         ok = jax.vmap(lambda xi: min_distance(self.system, xi))(x) >= c.min_distance
         return x, ok
 
@@ -194,9 +250,11 @@ class GODiff:
         archive = add_to_archive(state.archive, x, energies, forces, valid, state.iteration)
         buffer = select_buffer(jax.random.fold_in(state.key, 1), archive, kT, c.buffer_size)
         train = state.train
-        if c.reset_plateau_each_iteration:
+        if c.fresh_optimizer:
+            train = reset_optimizer(train, self.optimizer)
+        elif c.reset_plateau_each_iteration:
             train = reset_plateau(train, self.optimizer)
-        train, losses = run_train_steps(
+        train, stats = run_train_steps(
             self.model,
             self.optimizer,
             train,
@@ -208,6 +266,10 @@ class GODiff:
             c.sde,
             c.score_convention,
             noise_bounds(self.system) if c.truncated_noise else None,
+            self.system.n_mobile / self.system.n_atoms
+            if c.loss_normalisation == "all_atoms"
+            else 1.0,
+            c.n_holdout,
         )
         new = state._replace(
             key=jax.random.fold_in(state.key, 3),
@@ -216,8 +278,11 @@ class GODiff:
             archive=archive,
             n_evaluations=state.n_evaluations + jnp.sum(ok).astype(jnp.int32),
         )
+        finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(train.params)])
+        )
         info = IterationInfo(
-            buffer.energies, buffer.weights, buffer.valid, losses, learning_rate_scale(train)
+            buffer.energies, buffer.weights, buffer.valid, stats, learning_rate_scale(train), finite
         )
         return new, info
 
@@ -384,7 +449,7 @@ def run(
             prev_evals,
             success_fn,
             (t1 - t0, t2 - t1, t3 - t2),
-            config.steps_per_epoch,
+            config,
         )
         io.save_checkpoint(
             workdir, {"seeds": seeds, "iteration": k + 1, "state": state, "config": config}
@@ -415,7 +480,7 @@ def _record(
     prev_evals,
     success_fn,
     seconds,
-    steps_per_epoch,
+    config,
 ) -> RunState:
     """Write structures and metrics for iteration k; note first successes in the state."""
     x, ok, e, f = (np.asarray(a) for a in (x, ok, e, f))
@@ -455,7 +520,20 @@ def _record(
                 # Generated once sampling and evaluation of iteration k were done.
                 found = elapsed - seconds[2]
                 first_s[s] = float(found[s] if np.ndim(found) else found)
-        losses = np.asarray(info.losses[s])
+        losses = np.asarray(info.steps.loss[s])
+        gnorm = np.asarray(info.steps.grad_norm[s])
+        skipped = np.asarray(info.steps.skipped[s])
+        val = np.asarray(info.steps.val_loss[s])
+        used = ~skipped
+        spe = config.steps_per_epoch
+        finite_x = np.all(np.isfinite(x[s]), axis=(-2, -1))
+        params_ok = bool(np.asarray(info.params_finite[s]))
+        if not params_ok or not finite_x.all() or skipped.any():
+            print(
+                f"warning: seed {seed} iteration {k}: {int(skipped.sum())} training steps "
+                f"skipped (non-finite loss or gradient), {int((~finite_x).sum())} non-finite "
+                f"samples, parameters {'finite' if params_ok else 'NOT FINITE'}"
+            )
         bvalid = np.asarray(info.buffer_valid[s])
         be = np.asarray(info.buffer_energies[s])[bvalid]
         rows.append(
@@ -465,15 +543,25 @@ def _record(
                 "kT": kT,
                 "evaluations": int(np.asarray(state.n_evaluations[s])),
                 "n_sampled": int(ok.shape[1]),
-                "n_too_close": int((~ok[s]).sum()),
+                "n_too_close": int((~ok[s] & finite_x).sum()),
+                "n_nonfinite_samples": int((~finite_x).sum()),
                 "n_invalid_energy": int((ok[s] & ~np.isfinite(e[s])).sum()),
                 "best_energy": float(e_min),
                 "iteration_best_energy": float(np.nanmin(e[s][valid])) if valid.any() else None,
                 "buffer_energy_min": float(be.min()) if be.size else None,
                 "buffer_energy_mean": float(be.mean()) if be.size else None,
                 "buffer_energy_max": float(be.max()) if be.size else None,
-                "loss_mean": float(losses.mean()) if losses.size else None,
-                "loss_last_epoch": float(losses[-steps_per_epoch:].mean()) if losses.size else None,
+                "loss_mean": _mean_or_none(losses[used]),
+                "loss_last_epoch": _mean_or_none(losses[-spe:][used[-spe:]]),
+                "val_loss_last_epoch": _mean_or_none(val[-spe:][used[-spe:]]),
+                "n_skipped_steps": int(skipped.sum()),
+                "grad_norm_median": _quantile_or_none(gnorm[used], 0.5),
+                "grad_norm_p90": _quantile_or_none(gnorm[used], 0.9),
+                "grad_norm_max": _quantile_or_none(gnorm[used], 1.0),
+                "clipped_fraction": float(np.mean(gnorm[used] > config.clip_norm))
+                if used.any()
+                else None,
+                "params_finite": params_ok,
                 "lr_scale": float(np.asarray(info.lr_scale[s])),
                 "first_success_evaluation": int(first[s]) if first[s] >= 0 else None,
                 "first_success_seconds": float(first_s[s]) if first[s] >= 0 else None,
@@ -489,3 +577,13 @@ def _record(
         first_success_s=jnp.asarray(first_s, jnp.float32),
         elapsed_s=jnp.asarray(elapsed, jnp.float32),
     )
+
+
+def _mean_or_none(a: np.ndarray) -> float | None:
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else None
+
+
+def _quantile_or_none(a: np.ndarray, q: float) -> float | None:
+    a = a[np.isfinite(a)]
+    return float(np.quantile(a, q)) if a.size else None

@@ -63,6 +63,12 @@ def reset_plateau(state: TrainState, optimizer: optax.GradientTransformation) ->
     return state._replace(opt_state=opt_state)
 
 
+def reset_optimizer(state: TrainState, optimizer: optax.GradientTransformation) -> TrainState:
+    """A fresh optimizer state (AdamW moments, bias correction and plateau), as Lightning's
+    `fit` builds a new optimizer and scheduler at every GO-Diff iteration of the reference."""
+    return state._replace(opt_state=optimizer.init(state.params))
+
+
 def learning_rate_scale(state: TrainState) -> jax.Array:
     """Current reduce-on-plateau multiplier of the learning rate."""
     for s in jax.tree_util.tree_leaves(
@@ -71,6 +77,15 @@ def learning_rate_scale(state: TrainState) -> jax.Array:
         if isinstance(s, optax.contrib.ReduceLROnPlateauState):
             return s.scale
     return jnp.ones(())
+
+
+class StepStats(NamedTuple):
+    """Per optimizer step of `train_steps`, each [n_steps]."""
+
+    loss: jax.Array  # training minibatch loss
+    grad_norm: jax.Array  # global gradient norm before clipping
+    skipped: jax.Array  # bool: non-finite loss or gradient, update not applied
+    val_loss: jax.Array  # held-out loss driving the plateau scheduler (NaN: no holdout)
 
 
 def train_steps(
@@ -85,32 +100,60 @@ def train_steps(
     sde: VESDE = VESDE(),
     convention: ScoreConvention = "reference",
     bounds: tuple[jax.Array, jax.Array] | None = None,
-) -> tuple[TrainState, jax.Array]:
+    node_fraction: float = 1.0,
+    n_holdout: int = 0,
+) -> tuple[TrainState, StepStats]:
     """n_steps optimizer steps on the buffer (positions [K, M, 3], weights [K]).
 
-    Minibatches walk through a fresh permutation of the buffer every epoch, as a data
-    loader with shuffling does. `bounds` truncates the training noise to the box (see
-    `sde.perturb`). Returns the new state and the loss of every step.
+    Minibatches walk through a fresh permutation of the training structures every epoch,
+    as a data loader with shuffling does. `bounds` truncates the training noise to the box
+    (see `sde.perturb`); `node_fraction` scales the loss (see `weighted_dsm_loss`).
+    `n_holdout` > 0 holds that many randomly chosen buffer structures out of training, as
+    the reference's 90/10 split does, and their loss (fresh noise every step) drives the
+    plateau scheduler instead of the training loss. A step whose loss, held-out loss or
+    gradient is not finite leaves parameters and optimizer state unchanged and is flagged
+    in the returned StepStats.
     """
     k = positions.shape[0]
+    key_split, key_perm, key_loss = jax.random.split(key, 3)
+    if not 0 <= n_holdout < k:
+        raise ValueError(f"n_holdout must be in [0, {k}), got {n_holdout}")
+    if n_holdout:
+        order = jax.random.permutation(key_split, k)
+        val_x, val_w = positions[order[:n_holdout]], weights[order[:n_holdout]]
+        positions, weights = positions[order[n_holdout:]], weights[order[n_holdout:]]
+        k -= n_holdout
     batch_size = min(batch_size, k)
     steps_per_epoch = max(1, k // batch_size)
-    loss_and_grad = jax.value_and_grad(
-        lambda p, kk, x, w: weighted_dsm_loss(score_fn, p, kk, x, w, sde, convention, bounds=bounds)
-    )
 
-    key_perm, key_loss = jax.random.split(key)
+    def loss_fn(p, kk, x, w):
+        return weighted_dsm_loss(
+            score_fn, p, kk, x, w, sde, convention, bounds=bounds, node_fraction=node_fraction
+        )
+
+    loss_and_grad = jax.value_and_grad(loss_fn)
 
     def one_step(state: TrainState, i: jax.Array):
         step = state.step
         perm = jax.random.permutation(jax.random.fold_in(key_perm, step // steps_per_epoch), k)
         start = (step % steps_per_epoch) * batch_size
         idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
-        loss, grads = loss_and_grad(
-            state.params, jax.random.fold_in(key_loss, step), positions[idx], weights[idx]
-        )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
+        key_step = jax.random.fold_in(key_loss, step)
+        loss, grads = loss_and_grad(state.params, key_step, positions[idx], weights[idx])
+        if n_holdout:
+            val = loss_fn(state.params, jax.random.fold_in(key_step, 1), val_x, val_w)
+        else:
+            val = jnp.full((), jnp.nan, loss.dtype)
+        gnorm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & (jnp.isfinite(val) | (n_holdout == 0))
+        grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
+        value = jnp.where(finite, val if n_holdout else loss, 0.0)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=value)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, step + 1), loss
+        keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+            lambda a, b: jnp.where(finite, a, b), new, old
+        )
+        new = TrainState(keep(params, state.params), keep(opt_state, state.opt_state), step + 1)
+        return new, StepStats(loss, gnorm, ~finite, val)
 
     return jax.lax.scan(one_step, state, jnp.arange(n_steps))

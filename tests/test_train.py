@@ -24,9 +24,11 @@ def test_one_training_step_paper_model_has_no_nan():
     state = init_train_state(params, opt)
     buffer = sample_prior(jax.random.PRNGKey(1), system, 16)
     weights = jnp.linspace(0.0, 2.0, 16)  # includes a zero weight
-    new, losses = jax.jit(lambda s, k: train_steps(model, opt, s, k, buffer, weights, 1, 16))(
+    new, stats = jax.jit(lambda s, k: train_steps(model, opt, s, k, buffer, weights, 1, 16))(
         state, jax.random.PRNGKey(2)
     )
+    losses = stats.loss
+    assert not bool(stats.skipped[0]) and np.isfinite(float(stats.grad_norm[0]))
     assert losses.shape == (1,) and np.isfinite(float(losses[0])) and float(losses[0]) > 0
     assert int(new.step) == 1
     changed = 0
