@@ -42,9 +42,9 @@ def diffusion_sq(sde: VESDE, t: jax.Array) -> jax.Array:
 def truncated_normal(key: jax.Array, lo: jax.Array, hi: jax.Array, shape, dtype=jnp.float32):
     """Standard normal truncated to [lo, hi] (broadcast to `shape`), exact in the tails.
 
-    Inverse CDF, written so that no probability is formed as 1 - p: an interval that holds
-    0 inverts the smaller of its lower- and upper-tail probabilities, and an interval wholly
-    in one tail (mirrored to the upper one) solves log Phi(-x) = log q by Newton's method,
+    Inverse CDF, written so that no probability is formed as 1 - p: an interval near 0
+    inverts the smaller of its lower- and upper-tail probabilities, and an interval far in
+    one tail (mirrored to the upper one) solves log Phi(-x) = log q by Newton's method,
     which stays accurate where q underflows. u lies strictly inside (0, 1), so no draw sits
     on an infinite bound (`jax.random.truncated_normal` returns ~-3.4e38 there about once in
     2^23 draws). Infinite bounds are allowed.
@@ -54,31 +54,33 @@ def truncated_normal(key: jax.Array, lo: jax.Array, hi: jax.Array, shape, dtype=
     bits = jax.random.randint(key, shape, 0, 1 << 23)
     u = (bits.astype(dtype) + 0.5) * (1.0 / (1 << 23))
 
-    # Interval holding 0: p = Phi(lo) + u Z and q = Phi(-hi) + (1 - u) Z, each accurate when
-    # small; invert whichever is below one half.
-    mass = ndtr(hi) - ndtr(lo)
+    # Interval reaching within 1 of 0: p = Phi(lo) + u Z and q = Phi(-hi) + (1 - u) Z, each
+    # accurate when small (Z from the side where it is a difference of small numbers);
+    # invert whichever is below one half.
+    mass = jnp.where(lo > 0, ndtr(-lo) - ndtr(-hi), ndtr(hi) - ndtr(lo))
     p = ndtr(lo) + u * mass
     q = ndtr(-hi) + (1.0 - u) * mass
     central = jnp.where(p < 0.5, ndtri(jnp.clip(p, 1e-38, 0.5)), -ndtri(jnp.clip(q, 1e-38, 0.5)))
 
-    # Interval in one tail: mirror to 0 < a < b, draw log q uniformly between log Phi(-b) and
-    # log Phi(-a), then Newton on g(x) = log Phi(-x) (concave, so after the first step the
-    # iterates approach the root monotonically from above).
-    upper = lo > 0
+    # Interval wholly beyond 1 in one tail: mirror to 1 < a < b, draw log q uniformly between
+    # log Phi(-b) and log Phi(-a), then Newton on g(x) = log Phi(-x) (concave, so after the
+    # first step the iterates approach the root monotonically from above; 6 steps reach
+    # float32 precision from a > 1).
+    upper = lo > 1
     a = jnp.where(upper, lo, -hi)
     b = jnp.where(upper, hi, -lo)
-    a_safe = jnp.where(a > 0, a, 1.0)
-    b_safe = jnp.where(a > 0, b, 2.0)
+    a_safe = jnp.where(a > 1, a, 2.0)
+    b_safe = jnp.where(a > 1, b, 3.0)
     la, lb = log_ndtr(-a_safe), log_ndtr(-b_safe)
     log_q = la + jnp.log1p(-u * -jnp.expm1(lb - la))
     x = a_safe
-    for _ in range(12):
+    for _ in range(6):
         g = log_ndtr(-x)
         slope = jnp.exp(-0.5 * x * x - 0.5 * jnp.log(2.0 * jnp.pi) - g)  # -g'(x)
         x = jnp.clip(x + (g - log_q) / slope, a_safe, b_safe)
     tail = jnp.where(upper, x, -x)
 
-    z = jnp.where((lo <= 0) & (hi >= 0), central, tail)
+    z = jnp.where((lo <= 1) & (hi >= -1), central, tail)
     return jnp.clip(z, lo, hi)
 
 

@@ -115,7 +115,8 @@ def train_steps(
     in the returned StepStats.
     """
     k = positions.shape[0]
-    key_split, key_perm, key_loss = jax.random.split(key, 3)
+    key_perm, key_loss = jax.random.split(key)
+    key_split = jax.random.fold_in(key, 1)
     if not 0 <= n_holdout < k:
         raise ValueError(f"n_holdout must be in [0, {k}), got {n_holdout}")
     if n_holdout:
@@ -144,7 +145,7 @@ def train_steps(
             val = loss_fn(state.params, jax.random.fold_in(key_step, 1), val_x, val_w)
         else:
             val = jnp.full((), jnp.nan, loss.dtype)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & (jnp.isfinite(val) | (n_holdout == 0))
         grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
         value = jnp.where(finite, val if n_holdout else loss, 0.0)

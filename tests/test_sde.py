@@ -14,6 +14,7 @@ from godiff_jax.sde import (
     perturb,
     sample_prior,
     sigma,
+    truncated_normal,
 )
 
 
@@ -97,3 +98,94 @@ def test_cluster_noise_bounds_are_the_box():
     lo, hi = noise_bounds(system)
     np.testing.assert_array_equal(lo, system.box_lo)
     np.testing.assert_array_equal(hi, system.box_hi)
+
+
+def _truncnorm_moments(a, b):
+    """Mean and standard deviation of N(0, 1) truncated to [a, b] (closed form, float64)."""
+    from scipy.special import log_ndtr
+
+    pdf = lambda u: 0.0 if np.isinf(u) else math.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)  # noqa: E731
+    if a > 0:  # upper tail: Z = Phi(-a) - Phi(-b) without cancellation
+        z = math.exp(log_ndtr(-a)) - math.exp(log_ndtr(-b))
+    else:
+        z = math.exp(log_ndtr(b)) - math.exp(log_ndtr(a))
+    ua = 0.0 if np.isinf(a) else a * pdf(a)
+    ub = 0.0 if np.isinf(b) else b * pdf(b)
+    mean = (pdf(a) - pdf(b)) / z
+    var = 1 + (ua - ub) / z - mean**2
+    return mean, math.sqrt(var)
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (-1.5, 0.7),
+        (-np.inf, np.inf),
+        (-1e4, 0.3),
+        (0.0, 1e4),
+        (3.0, 5.0),
+        (8.0, 9.0),
+        (30.0, 31.0),
+        (-np.inf, -20.0),
+        (-1e-4, 2e-4),
+        (0.9, 0.91),
+        (0.5, 50.0),
+        (1.2, 1e4),
+        (-7.0, -6.0),
+    ],
+)
+def test_truncated_normal_matches_its_distribution(a, b):
+    """Inside [a, b]; no draw beyond 6.5 sd (of the untruncated normal) from the mean, nor
+    beyond where the exact tail mass makes it implausible in n draws; the histogram
+    matches the density (chi-square over 20 equal-probability bins of the exact CDF)."""
+    from scipy import stats
+
+    n = 1 << 20
+    a, b = float(np.float32(a)), float(np.float32(b))  # the bounds the sampler sees
+    z = np.asarray(truncated_normal(jax.random.PRNGKey(7), a, b, (n,)), np.float64)
+    assert np.all(np.isfinite(z)) and z.min() >= a and z.max() <= b
+    mean, sd = _truncnorm_moments(a, b)
+    assert np.abs(z - mean).max() <= 6.5
+    dist = stats.truncnorm(a, b)
+    near = lambda u, bound: abs(u - bound) <= 1e-5 * max(1.0, abs(bound))  # noqa: E731
+    assert n * dist.cdf(z.min()) >= 1e-4 or near(z.min(), a)
+    assert n * dist.sf(z.max()) >= 1e-4 or near(z.max(), b)
+    np.testing.assert_allclose(z.mean(), mean, atol=5 * sd / np.sqrt(n) + 1e-6 * abs(mean))
+    edges = dist.ppf(np.linspace(0, 1, 21))
+    counts, _ = np.histogram(z, np.concatenate([[-np.inf], edges[1:-1], [np.inf]]))
+    chi2 = np.sum((counts - n / 20) ** 2 / (n / 20))
+    assert stats.chi2.sf(chi2, 19) > 1e-4, (chi2, counts)
+
+
+def test_truncated_training_noise_over_2_26_draws():
+    """The bug of jax.random.truncated_normal with infinite bounds (-3.4e38 about once in
+    2^23 draws): 2^26 noised heptamer coordinates, x0 anywhere in the box (floor and
+    ceiling included) and t over [1e-5, 1], stay in the box, finite and within 6.5 sd."""
+    system = pt111_heptamer()
+    lo, hi = noise_bounds(system)
+    sde = VESDE()
+    n_atoms = 1 << 12  # per chunk: 4096 structures of one atom, 3 coordinates
+
+    @jax.jit
+    def chunk(key):
+        k0, k1, k2 = jax.random.split(key, 3)
+        z0 = jax.random.uniform(k0, (n_atoms,), minval=lo[2], maxval=hi[2])
+        z0 = z0.at[:8].set(lo[2]).at[8:16].set(hi[2])
+        x0 = jnp.stack([jnp.zeros(n_atoms), jnp.zeros(n_atoms), z0], -1)[:, None]
+        t = jax.random.uniform(k1, (n_atoms,), minval=1e-5, maxval=1.0)
+        xt, z = jax.vmap(perturb, (0, None, 0, 0, None))(
+            jax.random.split(k2, n_atoms), sde, x0, t, (lo, hi)
+        )
+        inside = jnp.all((xt[..., 2] >= lo[2] - 1e-4) & (xt[..., 2] <= hi[2] + 1e-4))
+        return inside, jnp.all(jnp.isfinite(z)), jnp.max(jnp.abs(z))
+
+    total = 0
+    keys = jax.random.split(jax.random.PRNGKey(11), (1 << 26) // (3 * n_atoms) + 1)
+    out = jax.lax.map(chunk, keys)
+    inside, finite, zmax = (np.asarray(o) for o in out)
+    total = len(keys) * n_atoms * 3
+    assert total >= 1 << 26
+    assert inside.all() and finite.all()
+    # z of a coordinate is N(0, 1) truncated to an interval holding 0: |z| <= 6.5 (the
+    # truncated sd is <= 1), P(|z| > 6.5) * 2^26 ~ 0.005.
+    assert zmax.max() <= 6.5

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from godiff_jax import pt111_heptamer
+from godiff_jax import pt111_heptamer, stepped_pt_adatom
 from godiff_jax.loss import dsm_error
 from godiff_jax.model import ScoreModel, ScoreModelConfig
 from godiff_jax.sde import VESDE, marginal_var, sample_prior
@@ -77,3 +77,87 @@ def test_plateau_reset_keeps_adam_moments():
     for a, b in zip(adam_old, adam_new, strict=True):
         np.testing.assert_array_equal(a, b)
     assert isinstance(reset.opt_state[2], optax.contrib.ReduceLROnPlateauState)
+
+
+def _tiny(system):
+    model = ScoreModel(system, ScoreModelConfig(features=8, n_blocks=1, n_rbf=6, cutoff=5.0))
+    opt = make_optimizer(steps_per_epoch=2)
+    return model, opt, init_train_state(model.init(jax.random.PRNGKey(0)), opt)
+
+
+def test_non_finite_step_leaves_parameters_and_optimizer_unchanged():
+    system = stepped_pt_adatom()
+    model, opt, state = _tiny(system)
+    x = sample_prior(jax.random.PRNGKey(1), system, 4)
+    w = jnp.array([1.0, jnp.inf, 1.0, 1.0])  # one epoch of 2 batches: one holds the inf
+
+    def steps(s, n):
+        return train_steps(model, opt, s, jax.random.PRNGKey(2), x, w, n, 2)
+
+    def leaves(s):
+        return [np.asarray(v) for v in jax.tree_util.tree_leaves((s.params, s.opt_state))]
+
+    new, stats = jax.jit(lambda s: steps(s, 2))(state)
+    skipped = np.asarray(stats.skipped)
+    assert skipped.tolist() in ([True, False], [False, True])
+    assert not np.isfinite(np.asarray(stats.loss)[skipped][0])
+    # Step by step: the skipped step changes nothing but the step counter.
+    one = jax.jit(lambda s: steps(s, 1))
+    s1, _ = one(state)
+    s2, _ = one(s1)
+    skipped_state, other = (state, s1) if skipped[0] else (s1, s2)
+    for a, b in zip(leaves(skipped_state), leaves(other), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(leaves(s2), leaves(new), strict=True):
+        np.testing.assert_array_equal(a, b)
+    params = jax.tree_util.tree_leaves(new.params)
+    assert int(new.step) == 2 and all(np.all(np.isfinite(np.asarray(v))) for v in params)
+
+
+def test_loss_normalisations_differ_by_the_node_count_factor():
+    """all_atoms averages over all 21 atoms with the template's 20 terms zero: exactly
+    1 / 21 of the mobile-atom mean, on the same draws."""
+    from godiff_jax.loss import weighted_dsm_loss
+
+    system = stepped_pt_adatom()
+    model, _, state = _tiny(system)
+    x = sample_prior(jax.random.PRNGKey(1), system, 4)
+    w = jnp.array([0.5, 1.0, 2.0, 0.5])
+    key = jax.random.PRNGKey(3)
+    mobile = weighted_dsm_loss(model, state.params, key, x, w)
+    frac = system.n_mobile / system.n_atoms
+    every = weighted_dsm_loss(model, state.params, key, x, w, node_fraction=frac)
+    assert system.n_atoms == 21 and system.n_mobile == 1
+    np.testing.assert_allclose(float(every), float(mobile) / 21, rtol=1e-6)
+    # By hand: pad the per-atom errors with zeros for the template and average over 21.
+    from godiff_jax.sde import perturb
+
+    k_t, k_z = jax.random.split(key)
+    t = jax.random.uniform(k_t, (4,), minval=1e-5, maxval=1.0)
+    xt, z = jax.vmap(perturb, (0, None, 0, 0))(jax.random.split(k_z, 4), VESDE(), x, t)
+    var = marginal_var(VESDE(), t)[:, None, None]
+    per_atom = jnp.sum((z + var * model(state.params, xt, t)) ** 2, -1)  # [4, 1]
+    padded = jnp.concatenate([jnp.zeros((4, 20)), per_atom], -1)
+    np.testing.assert_allclose(float(every), float(jnp.mean(w * padded.mean(-1))), rtol=1e-5)
+
+
+def test_holdout_split_sizes_and_plateau_value():
+    """torch's random_split of 64 as 90/10 gives 58/6 and of 16 gives 15/1; the plateau
+    scheduler is driven by the held-out loss, which is reported per step."""
+    import dataclasses
+
+    from godiff_jax.search import SearchConfig
+
+    c = SearchConfig(holdout_fraction=0.1)
+    assert (c.n_train, c.n_holdout, c.steps_per_epoch) == (58, 6, 3)
+    c = dataclasses.replace(c, buffer_size=16, batch_size=8)
+    assert (c.n_train, c.n_holdout, c.steps_per_epoch) == (15, 1, 1)
+    system = stepped_pt_adatom()
+    model, opt, state = _tiny(system)
+    x = sample_prior(jax.random.PRNGKey(1), system, 8)
+    _, stats = train_steps(
+        model, opt, state, jax.random.PRNGKey(2), x, jnp.ones(8), 3, 2, n_holdout=2
+    )
+    assert np.all(np.isfinite(np.asarray(stats.val_loss)))
+    _, stats = train_steps(model, opt, state, jax.random.PRNGKey(2), x, jnp.ones(8), 3, 2)
+    assert np.all(np.isnan(np.asarray(stats.val_loss)))
