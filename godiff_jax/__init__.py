@@ -5,6 +5,8 @@ search iteration) are exported here for use from JAX research code; `run` drives
 searches with checkpoints and outputs.
 """
 
+__version__ = "0.1.0"  # also in pyproject.toml; written into every checkpoint
+
 from godiff_jax.ase_interop import (
     EMTCalculator,
     JaxCalculator,

@@ -126,6 +126,7 @@ def summarise(workdir: Path, seeds: list[int], state, wall: float) -> None:
             f"{seed:4d}  {r['iteration'] + 1:10d}  {r['evaluations']:11d}  "
             f"{r['best_energy']:14.4f}  {fs if fs is not None else '-':>18}  "
             f"{f'{fss:.0f}' if fss is not None else '-':>15}"
+            + ("" if r.get("params_finite", True) else "  PARAMETERS NOT FINITE")
         )
     n_succ = int(np.sum(np.asarray(state.first_success) >= 0))
     print(f"successes: {n_succ}/{len(seeds)}")

@@ -1,23 +1,21 @@
-"""Run outputs: atomic checkpoints, the ASE database of evaluated structures, metrics."""
+"""Run outputs: the config, the ASE database of evaluated structures, metrics (checkpoints:
+`godiff_jax.checkpoint`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import ase.db
-import jax
 import numpy as np
 
 from godiff_jax.ase_interop import to_atoms
 from godiff_jax.system import System
 
-CHECKPOINT = "checkpoint.pkl"
 CONFIG = "config.json"
 DATABASE = "structures.db"
 METRICS = "metrics.jsonl"
@@ -36,20 +34,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def save_checkpoint(workdir: Path, state: Any) -> None:
-    """Pickle the run state (a pytree, moved to host numpy) atomically."""
-    host = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
-    _atomic_write(Path(workdir) / CHECKPOINT, pickle.dumps(host, protocol=5))
-
-
-def load_checkpoint(workdir: Path) -> Any | None:
-    path = Path(workdir) / CHECKPOINT
-    if not path.exists():
-        return None
-    with open(path, "rb") as f:
-        return pickle.load(f)
 
 
 def write_config(workdir: Path, config: Any) -> None:

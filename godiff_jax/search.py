@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from godiff_jax import io
+from godiff_jax import checkpoint, io
 from godiff_jax.analysis import min_distance
 from godiff_jax.buffer import Archive, add_to_archive, init_archive, select_buffer
 from godiff_jax.model import ScoreModel, ScoreModelConfig
@@ -371,8 +371,8 @@ def run(
     """Run (or resume) GO-Diff for one or more seeds as one compiled program.
 
     Energies come from `energy_fn` (a JAX model, inside jit; default the JAX EMT) or from
-    an ASE `calculator` on the host. `workdir` gets config.json, checkpoint.pkl (after
-    every iteration), structures.db (ASE database) and metrics.jsonl; running again on the
+    an ASE `calculator` on the host. `workdir` gets config.json, checkpoint.msgpack (after
+    every iteration, the one before kept as checkpoint.prev.msgpack), structures.db (ASE database) and metrics.jsonl; running again on the
     same directory resumes where it stopped. `max_iterations` stops early (the run can be
     resumed later). `seed_batch` seeds are vmapped together inside each phase (default:
     all of them; fewer loops over groups, for memory); each seed's results are
@@ -391,16 +391,22 @@ def run(
     )
     kTs = config.kT_schedule()
 
-    saved = io.load_checkpoint(workdir)
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    if init_params is not None:
+        init_params = checkpoint.check_params(
+            init_params, jax.eval_shape(search.model.init, jax.random.PRNGKey(0))
+        )
+    init = jax.jit(jax.vmap(lambda k: search.init_state(k, init_params)))
+    saved = checkpoint.load_checkpoint(workdir, jax.eval_shape(init, keys))
     if saved is not None:
-        if list(saved["seeds"]) != seeds:
-            raise ValueError(f"{workdir} holds seeds {saved['seeds']}, asked for {seeds}")
-        state = jax.tree_util.tree_map(jnp.asarray, saved["state"])
-        start = int(saved["iteration"])
+        saved_state, meta = saved
+        if list(meta["seeds"]) != seeds:
+            raise ValueError(f"{workdir} holds seeds {meta['seeds']}, asked for {seeds}")
+        state = jax.tree_util.tree_map(jnp.asarray, saved_state)
+        start = int(meta["iteration"])
         io.truncate_outputs(workdir, start)
     else:
-        keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-        state = jax.jit(jax.vmap(lambda k: search.init_state(k, init_params)))(keys)
+        state = init(keys)
         start = 0
 
     stop = (
@@ -451,9 +457,7 @@ def run(
             (t1 - t0, t2 - t1, t3 - t2),
             config,
         )
-        io.save_checkpoint(
-            workdir, {"seeds": seeds, "iteration": k + 1, "state": state, "config": config}
-        )
+        checkpoint.save_checkpoint(workdir, state, {"seeds": seeds, "iteration": k + 1})
         if bar is not None:
             best = np.nanmin(
                 np.where(np.asarray(state.archive.valid), state.archive.energies, np.nan)

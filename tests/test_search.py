@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 
-from godiff_jax import io, stepped_pt_adatom
+from godiff_jax import checkpoint, io, stepped_pt_adatom
 from godiff_jax import search as search_module
 from godiff_jax.search import SearchConfig, run
 
@@ -107,7 +107,10 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path):
             success_fn=crash_on_second_iteration,
             progress=False,
         )
-    assert io.load_checkpoint(tmp_path / "cut")["iteration"] == 1
+    header, _ = checkpoint.decode(
+        (tmp_path / "cut" / checkpoint.CHECKPOINT).read_bytes(), "run-state"
+    )
+    assert header["meta"]["iteration"] == 1
     resumed = run(system, TINY, tmp_path / "cut", seeds=3, progress=False)
     _leaves_equal(full.archive, resumed.archive)
     _leaves_equal(full.train.params, resumed.train.params)
@@ -187,3 +190,46 @@ def test_failing_ase_calculator_does_not_stop_the_run(system, tmp_path):
     assert np.all(np.isnan(np.asarray(state.archive.energies[0])[~valid]))
     for leaf in jax.tree_util.tree_leaves(state.train.params):
         assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def _adam_count(train_state):
+    import optax
+
+    found = [
+        s
+        for s in jax.tree_util.tree_leaves(
+            train_state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+        )
+        if isinstance(s, optax.ScaleByAdamState)
+    ]
+    return np.asarray(found[0].count)
+
+
+def test_fresh_optimizer_per_iteration_when_asked(system, tmp_path):
+    import dataclasses
+
+    kept = run(system, TINY, tmp_path / "kept", seeds=0, progress=False)
+    fresh = run(
+        system,
+        dataclasses.replace(TINY, fresh_optimizer=True),
+        tmp_path / "fresh",
+        seeds=0,
+        progress=False,
+    )
+    # Adam's step count (its bias correction) runs on across iterations unless reset.
+    assert int(_adam_count(kept.train)[0]) == 2 * TINY.train_steps
+    assert int(_adam_count(fresh.train)[0]) == TINY.train_steps
+    assert int(fresh.train.step[0]) == 2 * TINY.train_steps
+
+
+def test_non_finite_parameters_are_reported_not_counted_as_too_close(system, tmp_path, capsys):
+    from godiff_jax.model import ScoreModel
+
+    params = ScoreModel(system, TINY.model_config).init(jax.random.PRNGKey(0))
+    params = jax.tree_util.tree_map(lambda v: v * np.nan, params)
+    run(system, TINY, tmp_path, seeds=0, progress=False, init_params=params)
+    rows = io.read_metrics(tmp_path)
+    assert all(r["n_nonfinite_samples"] == TINY.n_samples for r in rows)
+    assert all(r["n_too_close"] == 0 and r["params_finite"] is False for r in rows)
+    assert all(r["n_skipped_steps"] == TINY.train_steps for r in rows)
+    assert "NOT FINITE" in capsys.readouterr().out

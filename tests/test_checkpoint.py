@@ -1,0 +1,124 @@
+"""Checkpoints hold arrays only: no unpickling, versioned, verified, with a fallback."""
+
+import dataclasses
+import pickle
+import random
+
+import jax
+import numpy as np
+import pytest
+
+from godiff_jax import checkpoint, stepped_pt_adatom
+from godiff_jax.model import ScoreModel
+from godiff_jax.search import SearchConfig, run
+
+TINY3 = SearchConfig(
+    n_iterations=3,
+    n_samples=6,
+    buffer_size=6,
+    batch_size=3,
+    train_steps=4,
+    kT_start=1.0,
+    kT_end=0.1,
+    n_reverse_steps=4,
+    features=8,
+    n_blocks=1,
+    n_rbf=6,
+    cutoff=5.0,
+)
+
+
+@pytest.fixture(scope="module")
+def system():
+    return stepped_pt_adatom()
+
+
+class _Payload:
+    """Unpickling this touches a file: the stand-in for arbitrary code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _leaves_equal(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", [checkpoint.CHECKPOINT, checkpoint.LEGACY_CHECKPOINT])
+def test_pickle_checkpoint_is_refused_and_its_code_never_runs(system, tmp_path, name):
+    marker = tmp_path / "code_ran"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / name).write_bytes(pickle.dumps({"state": _Payload(marker)}))
+    with pytest.raises(checkpoint.CheckpointError, match="pickle.*--trust-pickle"):
+        run(system, TINY3, tmp_path / "run", seeds=0, progress=False)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_falls_back_and_resume_matches(system, tmp_path):
+    full = run(system, TINY3, tmp_path / "full", seeds=0, progress=False)
+    run(system, TINY3, tmp_path / "cut", seeds=0, progress=False, max_iterations=2)
+    latest = tmp_path / "cut" / checkpoint.CHECKPOINT
+    data = latest.read_bytes()
+    cut = random.Random(0).randrange(1, len(data))
+    latest.write_bytes(data[:cut])  # a copy cut short at a random byte
+    with pytest.warns(UserWarning, match="truncated.*previous checkpoint.*iteration 1"):
+        resumed = run(system, TINY3, tmp_path / "cut", seeds=0, progress=False)
+    _leaves_equal(full.archive, resumed.archive)
+    _leaves_equal(full.train.params, resumed.train.params)
+    # A damaged byte (same length) is caught by the hash.
+    data = latest.read_bytes()
+    damaged = data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="hash"):
+        checkpoint.decode(damaged, "run-state")
+
+
+def test_format_version_mismatch_says_what_to_do():
+    data = checkpoint.encode("score-params", {"w": np.ones(2, np.float32)}, {})
+    for version, hint in ((checkpoint.FORMAT_VERSION + 1, "Upgrade"), (0, "version that wrote")):
+        bumped = data.replace(
+            b'"format_version": %d' % checkpoint.FORMAT_VERSION, b'"format_version": %d' % version
+        )
+        with pytest.raises(checkpoint.CheckpointError, match=f"format {version}.*{hint}"):
+            checkpoint.decode(bumped, "score-params")
+    header, arrays = checkpoint.decode(data, "score-params")
+    assert header["package_version"] and np.array_equal(arrays["['w']"], np.ones(2))
+
+
+def test_parameters_of_the_wrong_shape_are_refused_naming_the_leaf(system, tmp_path):
+    wide = ScoreModel(system, dataclasses.replace(TINY3, features=16).model_config)
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"leaf \['embedding'\]\['embedding'\] has shape \(101, 16\)",
+    ):
+        run(
+            system,
+            TINY3,
+            tmp_path / "r",
+            seeds=0,
+            progress=False,
+            init_params=wide.init(jax.random.PRNGKey(0)),
+        )
+    # A parameters file round-trips, and a run's checkpoint serves as one (transfer).
+    model = ScoreModel(system, TINY3.model_config)
+    params = model.init(jax.random.PRNGKey(1))
+    checkpoint.save_params(tmp_path / "p.msgpack", params)
+    template = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    _leaves_equal(params, checkpoint.load_params(tmp_path / "p.msgpack", template))
+    with pytest.raises(checkpoint.CheckpointError, match="leaf"):
+        checkpoint.load_params(
+            tmp_path / "p.msgpack", jax.eval_shape(wide.init, jax.random.PRNGKey(0))
+        )
+    state = run(system, TINY3, tmp_path / "s", seeds=[4, 5], progress=False, max_iterations=1)
+    got = checkpoint.load_params(tmp_path / "s" / checkpoint.CHECKPOINT, template)
+    _leaves_equal(jax.tree_util.tree_map(lambda v: v[0], state.train.params), got)
+
+
+def test_legacy_converter_needs_the_users_word(system, tmp_path):
+    from godiff_jax import legacy
+
+    with pytest.raises(SystemExit, match="trust-pickle"):
+        legacy.main([str(tmp_path)])
