@@ -31,6 +31,7 @@ from godiff_jax.sde import VESDE, noise_bounds
 from godiff_jax.system import System
 from godiff_jax.train import (
     StepStats,
+    StopRule,
     TrainState,
     init_train_state,
     learning_rate_scale,
@@ -70,6 +71,14 @@ class SearchConfig:
     fresh_optimizer: bool = False  # new AdamW + plateau state every iteration (Lightning `fit`)
     holdout_fraction: float = 0.0  # buffer share held out; its loss drives the plateau
     reverse_truncated_z: bool = False  # reverse-step noise truncated to the box, then clamp
+    # Adaptive controllers of go-diff 1.1.0 (issue 16), off by default until measured:
+    train_stop: bool = False  # momentum-consensus stop; train_steps becomes the cap
+    stop_warmup: int = 50
+    stop_patience: int = 100
+    stop_fraction: float = 0.5
+    adaptive_kT: bool = False  # kT_0 = std(E) of the first samples, then x0.95 / x0.5
+    kT_hot_factor: float = 0.95  # while the heat capacity Var(E) / kT^2 exceeds 1
+    kT_cold_factor: float = 0.5  # once it does not
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
     clip_norm: float = 10.0
@@ -104,6 +113,12 @@ class SearchConfig:
             raise ValueError(
                 f"holdout_fraction must leave training structures, got {self.holdout_fraction}"
             )
+
+    @property
+    def stop_rule(self) -> StopRule | None:
+        if not self.train_stop:
+            return None
+        return StopRule(self.stop_warmup, self.stop_patience, self.stop_fraction)
 
     @property
     def n_holdout(self) -> int:
@@ -159,6 +174,7 @@ class RunState(NamedTuple):
     first_success: jax.Array  # [] int32, evaluation index of the first success, -1 if none
     first_success_s: jax.Array  # [] float32, wall seconds into the run at first success
     elapsed_s: jax.Array  # [] float32, wall seconds spent in the run so far
+    kT: jax.Array  # [] float32 eV, the last iteration's temperature (NaN before the first)
 
 
 class IterationInfo(NamedTuple):
@@ -168,6 +184,8 @@ class IterationInfo(NamedTuple):
     steps: StepStats  # per training step: loss, gradient norm, skipped, held-out loss
     lr_scale: jax.Array  # [] reduce-on-plateau multiplier
     params_finite: jax.Array  # [] bool, every model parameter finite after training
+    kT: jax.Array  # [] eV, the temperature the buffer was drawn at
+    heat_capacity: jax.Array  # [] Var(E) / kT_prev^2 of this iteration's valid samples
 
 
 class GODiff:
@@ -206,6 +224,7 @@ class GODiff:
             first_success=jnp.full((), -1, jnp.int32),
             first_success_s=jnp.full((), jnp.nan, jnp.float32),
             elapsed_s=jnp.zeros((), jnp.float32),
+            kT=jnp.full((), jnp.nan, jnp.float32),
         )
 
     def sample(self, state: RunState) -> tuple[jax.Array, jax.Array]:
@@ -242,12 +261,21 @@ class GODiff:
         ok: jax.Array,
         kT: jax.Array,
     ) -> tuple[RunState, IterationInfo]:
-        """Archive the evaluated batch, redraw the buffer at kT (eV) and train."""
+        """Archive the evaluated batch, redraw the buffer at kT (eV) and train.
+
+        With `adaptive_kT` the given kT is ignored: the temperature follows from this
+        batch's energies and the state's last kT (`adaptive_temperature`).
+        """
         c = self.config
         valid = ok & jnp.isfinite(energies) & jnp.all(jnp.isfinite(forces), axis=(-2, -1))
         if c.energy_floor is not None:
             valid = valid & (energies > c.energy_floor)
         archive = add_to_archive(state.archive, x, energies, forces, valid, state.iteration)
+        kT_next, heat = adaptive_temperature(
+            energies, valid, state.kT, c.kT_hot_factor, c.kT_cold_factor
+        )
+        if c.adaptive_kT:  # no valid energy yet: start from kT_start; never divide by 0
+            kT = jnp.maximum(jnp.where(jnp.isfinite(kT_next), kT_next, c.kT_start), 1e-6)
         buffer = select_buffer(jax.random.fold_in(state.key, 1), archive, kT, c.buffer_size)
         train = state.train
         if c.fresh_optimizer:
@@ -270,6 +298,7 @@ class GODiff:
             if c.loss_normalisation == "all_atoms"
             else 1.0,
             c.n_holdout,
+            c.stop_rule,
         )
         new = state._replace(
             key=jax.random.fold_in(state.key, 3),
@@ -277,12 +306,20 @@ class GODiff:
             train=train,
             archive=archive,
             n_evaluations=state.n_evaluations + jnp.sum(ok).astype(jnp.int32),
+            kT=jnp.asarray(kT, jnp.float32),
         )
         finite = jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(train.params)])
         )
         info = IterationInfo(
-            buffer.energies, buffer.weights, buffer.valid, stats, learning_rate_scale(train), finite
+            buffer.energies,
+            buffer.weights,
+            buffer.valid,
+            stats,
+            learning_rate_scale(train),
+            finite,
+            jnp.asarray(kT, jnp.float32),
+            heat,
         )
         return new, info
 
@@ -293,6 +330,30 @@ class GODiff:
         x, ok = self.sample(state)
         e, f = self.evaluate(energy_fn, x)
         return self.update(state, x, e, f, ok, kT)
+
+
+def adaptive_temperature(
+    energies: jax.Array,
+    valid: jax.Array,
+    kT_prev: jax.Array,
+    hot_factor: float = 0.95,
+    cold_factor: float = 0.5,
+) -> tuple[jax.Array, jax.Array]:
+    """(kT, heat capacity) after a batch of energies (eV), as go-diff 1.1.0 anneals.
+
+    First batch (kT_prev NaN): kT = std(E). Later: C = Var(E) / kT_prev^2 of the valid
+    energies; kT = kT_prev * hot_factor while C > 1 (the samples still span more than kT:
+    cool slowly), else kT_prev * cold_factor. Fewer than two valid energies keep kT_prev.
+    """
+    n = jnp.sum(valid)
+    e = jnp.where(valid, energies, 0.0)
+    mean = jnp.sum(e) / jnp.maximum(n, 1)
+    var = jnp.sum(jnp.where(valid, (e - mean) ** 2, 0.0)) / jnp.maximum(n, 1)
+    first = ~jnp.isfinite(kT_prev)
+    heat = jnp.where(first, jnp.nan, var / jnp.where(first, 1.0, kT_prev) ** 2)
+    cooled = kT_prev * jnp.where(heat > 1.0, hot_factor, cold_factor)
+    kT = jnp.where(first, jnp.sqrt(var), cooled)
+    return jnp.where(n >= 2, kT, kT_prev).astype(jnp.float32), heat.astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=8)
@@ -462,7 +523,7 @@ def run(
             best = np.nanmin(
                 np.where(np.asarray(state.archive.valid), state.archive.energies, np.nan)
             )
-            bar.set_postfix(kT=f"{kT:.3g}", best=f"{best:.4f}")
+            bar.set_postfix(kT=f"{float(np.nanmean(np.asarray(state.kT))):.3g}", best=f"{best:.4f}")
             bar.update(1)
     if bar is not None:
         bar.close()
@@ -493,6 +554,7 @@ def _record(
     first_s = np.asarray(state.first_success_s).copy()
     rows = []
     for s, seed in enumerate(seeds):
+        kT = float(np.asarray(info.kT[s]))  # the fixed schedule's, or the adaptive one
         valid = ok[s] & np.isfinite(e[s])
         arch_e = np.where(
             np.asarray(state.archive.valid[s]), np.asarray(state.archive.energies[s]), np.nan
@@ -527,7 +589,9 @@ def _record(
         losses = np.asarray(info.steps.loss[s])
         gnorm = np.asarray(info.steps.grad_norm[s])
         skipped = np.asarray(info.steps.skipped[s])
+        taken = np.asarray(info.steps.taken[s])
         val = np.asarray(info.steps.val_loss[s])
+        losses, gnorm, skipped, val = losses[taken], gnorm[taken], skipped[taken], val[taken]
         used = ~skipped
         spe = config.steps_per_epoch
         finite_x = np.all(np.isfinite(x[s]), axis=(-2, -1))
@@ -559,6 +623,8 @@ def _record(
                 "loss_last_epoch": _mean_or_none(losses[-spe:][used[-spe:]]),
                 "val_loss_last_epoch": _mean_or_none(val[-spe:][used[-spe:]]),
                 "n_skipped_steps": int(skipped.sum()),
+                "train_steps_taken": int(taken.sum()),
+                "heat_capacity": _finite_or_none(float(np.asarray(info.heat_capacity[s]))),
                 "grad_norm_median": _quantile_or_none(gnorm[used], 0.5),
                 "grad_norm_p90": _quantile_or_none(gnorm[used], 0.9),
                 "grad_norm_max": _quantile_or_none(gnorm[used], 1.0),
@@ -581,6 +647,10 @@ def _record(
         first_success_s=jnp.asarray(first_s, jnp.float32),
         elapsed_s=jnp.asarray(elapsed, jnp.float32),
     )
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if np.isfinite(v) else None
 
 
 def _mean_or_none(a: np.ndarray) -> float | None:

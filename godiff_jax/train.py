@@ -86,6 +86,55 @@ class StepStats(NamedTuple):
     grad_norm: jax.Array  # global gradient norm before clipping
     skipped: jax.Array  # bool: non-finite loss or gradient, update not applied
     val_loss: jax.Array  # held-out loss driving the plateau scheduler (NaN: no holdout)
+    taken: jax.Array  # bool: the step ran (False after a `StopRule` ended training)
+    consensus: jax.Array  # cosine(gradient, Adam's first moment); NaN when not tracked
+
+
+class StopRule(NamedTuple):
+    """Momentum-consensus stop (go-diff 1.1.0): after `warmup` steps, track the cosine
+    between each step's gradient and Adam's first moment before the step; stop once it
+    has stayed below `fraction` of its peak for `patience` consecutive steps."""
+
+    warmup: int = 50
+    patience: int = 100
+    fraction: float = 0.5
+
+
+class StopState(NamedTuple):
+    peak: jax.Array  # [] highest consensus seen after the warm-up (-inf before)
+    below: jax.Array  # [] int32, consecutive steps below fraction * peak
+    done: jax.Array  # [] bool
+
+
+def init_stop() -> StopState:
+    return StopState(jnp.full((), -jnp.inf), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+
+
+def update_stop(rule: StopRule, st: StopState, i: jax.Array, cos: jax.Array) -> StopState:
+    """The stop rule after step i (counted from 0 within this call) with consensus `cos`."""
+    tracked = (i >= rule.warmup) & jnp.isfinite(cos) & ~st.done  # frozen once done
+    peak = jnp.where(tracked, jnp.maximum(st.peak, cos), st.peak)
+    low = tracked & (cos < rule.fraction * peak)
+    below = jnp.where(low, st.below + 1, jnp.where(tracked, 0, st.below))
+    return StopState(peak, below, st.done | (below >= rule.patience))
+
+
+def _first_moment(opt_state) -> object | None:
+    for s in jax.tree_util.tree_leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+    ):
+        if isinstance(s, optax.ScaleByAdamState):
+            return s.mu
+    return None
+
+
+def _cosine(a, b) -> jax.Array:
+    dot = sum(
+        jnp.vdot(x, y)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    )
+    na, nb = optax.tree.norm(a), optax.tree.norm(b)
+    return jnp.where((na > 0) & (nb > 0), dot / jnp.maximum(na * nb, 1e-30), jnp.nan)
 
 
 def train_steps(
@@ -102,6 +151,7 @@ def train_steps(
     bounds: tuple[jax.Array, jax.Array] | None = None,
     node_fraction: float = 1.0,
     n_holdout: int = 0,
+    stop: StopRule | None = None,
 ) -> tuple[TrainState, StepStats]:
     """n_steps optimizer steps on the buffer (positions [K, M, 3], weights [K]).
 
@@ -112,7 +162,9 @@ def train_steps(
     the reference's 90/10 split does, and their loss (fresh noise every step) drives the
     plateau scheduler instead of the training loss. A step whose loss, held-out loss or
     gradient is not finite leaves parameters and optimizer state unchanged and is flagged
-    in the returned StepStats.
+    in the returned StepStats. With a `stop` rule, n_steps is a cap: a `lax.while_loop`
+    ends when the rule says so (under a seed vmap, a stopped seed's state stays as it was
+    while others go on), and the steps not run have taken=False.
     """
     k = positions.shape[0]
     key_perm, key_loss = jax.random.split(key)
@@ -155,6 +207,33 @@ def train_steps(
             lambda a, b: jnp.where(finite, a, b), new, old
         )
         new = TrainState(keep(params, state.params), keep(opt_state, state.opt_state), step + 1)
-        return new, StepStats(loss, gnorm, ~finite, val)
+        if stop is None:
+            cos = jnp.full((), jnp.nan, loss.dtype)
+        else:
+            mu = _first_moment(state.opt_state)
+            cos = jnp.where(finite, _cosine(grads, mu), jnp.nan) if mu is not None else jnp.nan
+        return new, StepStats(loss, gnorm, ~finite, val, jnp.ones((), bool), cos)
 
-    return jax.lax.scan(one_step, state, jnp.arange(n_steps))
+    if stop is None:
+        return jax.lax.scan(one_step, state, jnp.arange(n_steps))
+
+    blank = jax.eval_shape(one_step, state, 0)[1]
+    stats0 = jax.tree_util.tree_map(
+        lambda a: jnp.full((n_steps, *a.shape), jnp.nan if a.dtype != bool else False, a.dtype),
+        blank,
+    )
+
+    def cond(carry):
+        _, i, _, st = carry
+        return (i < n_steps) & ~st.done
+
+    def body(carry):
+        state, i, stats, st = carry
+        state, row = one_step(state, i)
+        stats = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), stats, row)
+        return state, i + 1, stats, update_stop(stop, st, i, row.consensus)
+
+    state, _, stats, _ = jax.lax.while_loop(
+        cond, body, (state, jnp.zeros((), jnp.int32), stats0, init_stop())
+    )
+    return state, stats

@@ -1,5 +1,6 @@
 """The whole loop on tiny configs: end to end, resume, vmapped seeds, failing calculators."""
 
+import dataclasses
 import json
 
 import ase.db
@@ -87,7 +88,14 @@ def test_first_success_is_counted_at_generation(system, tmp_path):
     assert second_row["first_success_seconds"] < second_row["seconds_total"]
 
 
-def test_resume_after_crash_equals_uninterrupted(system, tmp_path):
+CONTROLLED = dataclasses.replace(
+    TINY, train_steps=40, train_stop=True, stop_warmup=2, stop_patience=3, adaptive_kT=True
+)
+
+
+@pytest.mark.parametrize("config", [TINY, CONTROLLED], ids=["fixed", "controllers"])
+def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
+    TINY = config  # noqa: N806 (the body below is the fixed-settings test)
     full = run(system, TINY, tmp_path / "full", seeds=3, progress=False)
 
     calls = {"n": 0}
@@ -233,3 +241,16 @@ def test_non_finite_parameters_are_reported_not_counted_as_too_close(system, tmp
     assert all(r["n_too_close"] == 0 and r["params_finite"] is False for r in rows)
     assert all(r["n_skipped_steps"] == TINY.train_steps for r in rows)
     assert "NOT FINITE" in capsys.readouterr().out
+
+
+def test_controllers_stop_training_and_set_kT(system, tmp_path):
+    run(system, CONTROLLED, tmp_path, seeds=[0, 1], progress=False)
+    rows = io.read_metrics(tmp_path)
+    taken = [r["train_steps_taken"] for r in rows]
+    assert all(2 + 3 <= n <= 40 for n in taken) and min(taken) < 40
+    first = [r for r in rows if r["iteration"] == 0]
+    second = [r for r in rows if r["iteration"] == 1]
+    for r0, r1 in zip(first, second, strict=True):
+        assert r0["heat_capacity"] is None and r0["kT"] > 0
+        factor = 0.95 if r1["heat_capacity"] > 1 else 0.5
+        assert r1["kT"] == pytest.approx(r0["kT"] * factor, rel=1e-6)

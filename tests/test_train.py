@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from godiff_jax import pt111_heptamer, stepped_pt_adatom
 from godiff_jax.loss import dsm_error
@@ -161,3 +162,66 @@ def test_holdout_split_sizes_and_plateau_value():
     assert np.all(np.isfinite(np.asarray(stats.val_loss)))
     _, stats = train_steps(model, opt, state, jax.random.PRNGKey(2), x, jnp.ones(8), 3, 2)
     assert np.all(np.isnan(np.asarray(stats.val_loss)))
+
+
+def test_stop_rule_on_a_synthetic_consensus_sequence():
+    """warmup 5, patience 3, fraction 0.5: the peak after the warm-up is 0.8 (step 5); 0.6
+    is not below 0.4; 0.3, 0.35, 0.2 are: done after step 9. NaN and warm-up steps are
+    not tracked (0.95 in the warm-up does not set the peak)."""
+    from godiff_jax.train import StopRule, init_stop, update_stop
+
+    rule = StopRule(warmup=5, patience=3, fraction=0.5)
+    seq = [np.nan, 0.95, 0.9, 0.9, 0.9, 0.8, 0.6, 0.3, 0.35, 0.2, 0.9]
+    st, done_at = init_stop(), None
+    for i, c in enumerate(seq):
+        st = update_stop(rule, st, jnp.asarray(i), jnp.asarray(c, jnp.float32))
+        if bool(st.done) and done_at is None:
+            done_at = i
+    assert done_at == 9 and float(st.peak) == pytest.approx(0.8)
+    # A recovery resets the count: 0.3, 0.3, 0.5 (>= 0.4), 0.3, 0.3 is not 3 in a row.
+    st = init_stop()
+    for i, c in enumerate([0.8, 0.3, 0.3, 0.5, 0.3, 0.3]):
+        st = update_stop(StopRule(0, 3, 0.5), st, jnp.asarray(i), jnp.asarray(c, jnp.float32))
+    assert not bool(st.done) and int(st.below) == 2
+
+
+def test_training_with_a_stop_rule_ends_early_and_marks_the_rest():
+    from godiff_jax.train import StopRule
+
+    system = stepped_pt_adatom()
+    model, opt, state = _tiny(system)
+    x = sample_prior(jax.random.PRNGKey(1), system, 4)
+    new, stats = jax.jit(
+        lambda s: train_steps(
+            model,
+            opt,
+            s,
+            jax.random.PRNGKey(2),
+            x,
+            jnp.ones(4),
+            60,
+            2,
+            stop=StopRule(warmup=2, patience=3),
+        )
+    )(state)
+    taken = np.asarray(stats.taken)
+    n = int(taken.sum())
+    assert 5 <= n < 60 and taken[:n].all() and not taken[n:].any()
+    assert int(new.step) == n and np.isnan(np.asarray(stats.loss)[n:]).all()
+    cos = np.asarray(stats.consensus)[:n]
+    assert np.all(np.abs(cos[1:]) <= 1 + 1e-5)  # step 0: Adam's moment is still zero
+
+
+def test_adaptive_temperature_hand_computed():
+    from godiff_jax.search import adaptive_temperature
+
+    e = jnp.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    valid = jnp.array([True, True, True, True, False])  # the 100 eV entry is masked
+    kT, heat = adaptive_temperature(e, valid, jnp.asarray(jnp.nan))
+    assert float(kT) == pytest.approx(np.sqrt(1.25)) and np.isnan(float(heat))
+    kT, heat = adaptive_temperature(e, valid, jnp.asarray(1.0))  # C = 1.25 > 1
+    assert float(heat) == pytest.approx(1.25) and float(kT) == pytest.approx(0.95)
+    kT, heat = adaptive_temperature(e, valid, jnp.asarray(2.0))  # C = 0.3125
+    assert float(heat) == pytest.approx(0.3125) and float(kT) == pytest.approx(1.0)
+    kT, _ = adaptive_temperature(e, valid.at[1:].set(False), jnp.asarray(2.0))
+    assert float(kT) == 2.0  # one valid energy: no variance, kT kept
