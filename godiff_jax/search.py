@@ -185,6 +185,7 @@ class IterationInfo(NamedTuple):
     lr_scale: jax.Array  # [] reduce-on-plateau multiplier
     params_finite: jax.Array  # [] bool, every model parameter finite after training
     kT: jax.Array  # [] eV, the temperature the buffer was drawn at
+    valid: jax.Array  # [N] bool, the structures archived (the one validity mask of a batch)
     heat_capacity: jax.Array  # [] Var(E) / kT_prev^2 of this iteration's valid samples
 
 
@@ -319,6 +320,7 @@ class GODiff:
             learning_rate_scale(train),
             finite,
             jnp.asarray(kT, jnp.float32),
+            valid,
             heat,
         )
         return new, info
@@ -555,7 +557,9 @@ def _record(
     rows = []
     for s, seed in enumerate(seeds):
         kT = float(np.asarray(info.kT[s]))  # the fixed schedule's, or the adaptive one
-        valid = ok[s] & np.isfinite(e[s])
+        # The archive's mask (finite energy and forces, above energy_floor): what is written
+        # and tested for success is exactly what the search kept.
+        valid = np.asarray(info.valid[s])
         arch_e = np.where(
             np.asarray(state.archive.valid[s]), np.asarray(state.archive.energies[s]), np.nan
         )
@@ -613,7 +617,7 @@ def _record(
                 "n_sampled": int(ok.shape[1]),
                 "n_too_close": int((~ok[s] & finite_x).sum()),
                 "n_nonfinite_samples": int((~finite_x).sum()),
-                "n_invalid_energy": int((ok[s] & ~np.isfinite(e[s])).sum()),
+                "n_invalid_energy": int((ok[s] & ~valid).sum()),  # NaN or below energy_floor
                 "best_energy": float(e_min),
                 "iteration_best_energy": float(np.nanmin(e[s][valid])) if valid.any() else None,
                 "buffer_energy_min": float(be.min()) if be.size else None,

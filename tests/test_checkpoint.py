@@ -7,25 +7,13 @@ import random
 import jax
 import numpy as np
 import pytest
+from conftest import TINY
 
 from godiff_jax import checkpoint, stepped_pt_adatom
 from godiff_jax.model import ScoreModel
-from godiff_jax.search import SearchConfig, run
+from godiff_jax.search import run
 
-TINY3 = SearchConfig(
-    n_iterations=3,
-    n_samples=6,
-    buffer_size=6,
-    batch_size=3,
-    train_steps=4,
-    kT_start=1.0,
-    kT_end=0.1,
-    n_reverse_steps=4,
-    features=8,
-    n_blocks=1,
-    n_rbf=6,
-    cutoff=5.0,
-)
+TINY3 = dataclasses.replace(TINY, n_iterations=3)
 
 
 @pytest.fixture(scope="module")

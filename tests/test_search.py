@@ -8,25 +8,11 @@ import jax
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
+from conftest import TINY
 
 from godiff_jax import checkpoint, io, stepped_pt_adatom
 from godiff_jax import search as search_module
-from godiff_jax.search import SearchConfig, run
-
-TINY = SearchConfig(
-    n_iterations=2,
-    n_samples=6,
-    buffer_size=6,
-    batch_size=3,
-    train_steps=4,
-    kT_start=1.0,
-    kT_end=0.1,
-    n_reverse_steps=4,
-    features=8,
-    n_blocks=1,
-    n_rbf=6,
-    cutoff=5.0,
-)
+from godiff_jax.search import run
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +81,7 @@ CONTROLLED = dataclasses.replace(
 
 @pytest.mark.parametrize("config", [TINY, CONTROLLED], ids=["fixed", "controllers"])
 def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
-    TINY = config  # noqa: N806 (the body below is the fixed-settings test)
-    full = run(system, TINY, tmp_path / "full", seeds=3, progress=False)
+    full = run(system, config, tmp_path / "full", seeds=3, progress=False)
 
     calls = {"n": 0}
 
@@ -109,7 +94,7 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
     with pytest.raises(KeyboardInterrupt):
         run(
             system,
-            TINY,
+            config,
             tmp_path / "cut",
             seeds=3,
             success_fn=crash_on_second_iteration,
@@ -119,7 +104,7 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
         (tmp_path / "cut" / checkpoint.CHECKPOINT).read_bytes(), "run-state"
     )
     assert header["meta"]["iteration"] == 1
-    resumed = run(system, TINY, tmp_path / "cut", seeds=3, progress=False)
+    resumed = run(system, config, tmp_path / "cut", seeds=3, progress=False)
     _leaves_equal(full.archive, resumed.archive)
     _leaves_equal(full.train.params, resumed.train.params)
     # the interrupted iteration's partial rows were dropped: one row per evaluated structure
@@ -130,7 +115,7 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
 
 def test_resume_refuses_other_config(system, tmp_path):
     run(system, TINY, tmp_path, seeds=0, max_iterations=1, progress=False)
-    other = SearchConfig(**{**TINY.__dict__, "n_samples": 8})
+    other = dataclasses.replace(TINY, n_samples=8)
     with pytest.raises(ValueError, match="different config"):
         run(system, other, tmp_path, seeds=0, progress=False)
 
@@ -254,3 +239,27 @@ def test_controllers_stop_training_and_set_kT(system, tmp_path):
         assert r0["heat_capacity"] is None and r0["kT"] > 0
         factor = 0.95 if r1["heat_capacity"] > 1 else 0.5
         assert r1["kT"] == pytest.approx(r0["kT"] * factor, rel=1e-6)
+
+
+def test_energy_floor_rejects_are_not_written_nor_successes(system, tmp_path):
+    """One validity mask: structures below energy_floor are neither in structures.db nor
+    handed to the success test as valid."""
+    seen = []
+
+    def success(positions, energies, valid):
+        seen.append((np.asarray(energies), np.asarray(valid)))
+        return np.asarray(valid)  # every valid structure "succeeds"
+
+    floor_at = 9.0  # eV: seed 0 of TINY samples 12 structures, 4 of them from 6.97 to 7.67 eV
+    config = dataclasses.replace(TINY, energy_floor=floor_at)
+    state = run(system, config, tmp_path, seeds=0, progress=False, success_fn=success)
+    with ase.db.connect(tmp_path / "structures.db") as db:
+        stored = [row.energy for row in db.select()]
+    assert all(e > floor_at for e in stored)
+    assert len(stored) == int(np.sum(np.asarray(state.archive.valid)))
+    for energies, valid in seen:
+        assert not np.any(valid & (energies <= floor_at))
+    rows = io.read_metrics(tmp_path)
+    rejected = sum(r["n_invalid_energy"] for r in rows)
+    assert rejected == sum(r["n_sampled"] - r["n_too_close"] for r in rows) - len(stored)
+    assert rejected >= 1 and len(stored) >= 1
