@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 
 
-def best_energy_figure(arms: dict[str, dict], path: str | Path, title: str = "") -> Path:
+def best_energy_figure(
+    arms: dict[str, dict], path: str | Path, title: str = "", seed_lines: bool = True
+) -> Path:
     """arms: name -> {"curve_evaluations": [G], "curves": [S, G] eV, optional "successes"}.
 
-    Writes a PNG to `path` (log energy axis, floored at 1 meV) and returns the path.
+    Writes a PNG to `path` (log energy axis, floored at 1 meV; thin lines per seed unless
+    `seed_lines` is False) and returns the path.
     """
     import matplotlib
 
@@ -28,7 +31,7 @@ def best_energy_figure(arms: dict[str, dict], path: str | Path, title: str = "")
         c = colours[i % len(colours)]
         g = np.asarray(arm["curve_evaluations"])
         curves = np.asarray(arm["curves"], float)
-        for seed_curve in curves:
+        for seed_curve in curves if seed_lines else []:
             ax.plot(g, np.maximum(seed_curve, 1e-3), color=c, alpha=0.25, lw=0.8)
         label = name if arm.get("successes") is None else f"{name} ({arm['successes']})"
         mean = np.maximum(np.nanmean(curves, axis=0), 1e-3)
