@@ -5,8 +5,6 @@ search iteration) are exported here for use from JAX research code; `run` drives
 searches with checkpoints and outputs.
 """
 
-__version__ = "0.1.0"  # also in pyproject.toml; written into every checkpoint
-
 from godiff_jax.ase_interop import (
     EMTCalculator,
     JaxCalculator,
@@ -22,6 +20,7 @@ from godiff_jax.buffer import (
     select_buffer,
     weighted_sample_without_replacement,
 )
+from godiff_jax.checkpoint import __version__ as __version__  # the installed distribution
 from godiff_jax.loss import boltzmann_weights, dsm_error, weighted_dsm_loss
 from godiff_jax.sampler import reverse_sample, reverse_times
 from godiff_jax.schedule import exponential_kT

@@ -20,6 +20,7 @@ corrupt latest file falls back to the previous one with a warning.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import warnings
@@ -30,7 +31,10 @@ import jax
 import numpy as np
 from flax import serialization
 
-from godiff_jax import __version__
+try:
+    __version__ = importlib.metadata.version("godiff_jax")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+    __version__ = "unknown"
 
 MAGIC = b"GODIFF-JAX ARRAYS\n"
 FORMAT_VERSION = 1
