@@ -503,23 +503,10 @@ def run(
         state, info = jax.block_until_ready(update_fn(state, x, e, f, ok, kT))
         t3 = time.perf_counter()
 
-        state = _record(
-            workdir,
-            system,
-            seeds,
-            k,
-            kT,
-            state,
-            info,
-            x,
-            ok,
-            e,
-            f,
-            prev_evals,
-            success_fn,
-            (t1 - t0, t2 - t1, t3 - t2),
-            config,
+        batch = EvaluatedBatch(
+            *(np.asarray(a) for a in (x, ok, e, f)), prev_evals, (t1 - t0, t2 - t1, t3 - t2)
         )
+        state = _record(workdir, system, seeds, k, state, info, batch, success_fn, config)
         checkpoint.save_checkpoint(workdir, state, {"seeds": seeds, "iteration": k + 1})
         if bar is not None:
             best = np.nanmin(
@@ -532,25 +519,30 @@ def run(
     return state
 
 
+class EvaluatedBatch(NamedTuple):
+    """One iteration's structures on the host, every array with a leading seed axis."""
+
+    x: np.ndarray  # [S, N, M, 3] Å
+    ok: np.ndarray  # [S, N] bool, passed the distance filter (and so was evaluated)
+    e: np.ndarray  # [S, N] eV (NaN: not evaluated or failed)
+    f: np.ndarray  # [S, N, M, 3] eV/Å
+    prev_evals: np.ndarray  # [S] evaluations before this iteration
+    seconds: tuple[float, float, float]  # sampling, evaluating, training
+
+
 def _record(
-    workdir,
-    system,
-    seeds,
-    k,
-    kT,
-    state,
-    info,
-    x,
-    ok,
-    e,
-    f,
-    prev_evals,
-    success_fn,
-    seconds,
-    config,
+    workdir: Path,
+    system: System,
+    seeds: list[int],
+    k: int,
+    state: RunState,
+    info: IterationInfo,
+    batch: EvaluatedBatch,
+    success_fn: SuccessFn | None,
+    config: SearchConfig,
 ) -> RunState:
     """Write structures and metrics for iteration k; note first successes in the state."""
-    x, ok, e, f = (np.asarray(a) for a in (x, ok, e, f))
+    x, ok, e, f, prev_evals, seconds = batch
     elapsed = np.asarray(state.elapsed_s) + sum(seconds)
     first = np.asarray(state.first_success).copy()
     first_s = np.asarray(state.first_success_s).copy()
