@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # e.g. a bare GPU machine: the JSON is the result, the PNG can follow
+        print("matplotlib not installed: no figure (benchmarks/quality_table.py draws it later)")
+        print_table(result)
+        return
     best_energy_figure(
         {
             args.name: {
