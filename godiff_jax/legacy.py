@@ -12,6 +12,8 @@ import argparse
 import pickle
 from pathlib import Path
 
+import numpy as np
+
 from godiff_jax import checkpoint
 
 
@@ -20,8 +22,12 @@ def convert(workdir: Path) -> Path:
     workdir = Path(workdir)
     with open(workdir / checkpoint.LEGACY_CHECKPOINT, "rb") as f:
         saved = pickle.load(f)  # the caller has said they trust this file
-    meta = {"seeds": [int(s) for s in saved["seeds"]], "iteration": int(saved["iteration"])}
-    checkpoint.save_checkpoint(workdir, saved["state"], meta)
+    seeds = [int(s) for s in saved["seeds"]]
+    state = saved["state"]
+    if np.ndim(state.kT) == 0:  # written before RunState had kT: one NaN per seed
+        state = state._replace(kT=np.full(len(seeds), np.nan, np.float32))
+    meta = {"seeds": seeds, "iteration": int(saved["iteration"])}
+    checkpoint.save_checkpoint(workdir, state, meta)
     return workdir / checkpoint.CHECKPOINT
 
 

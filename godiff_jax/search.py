@@ -174,7 +174,9 @@ class RunState(NamedTuple):
     first_success: jax.Array  # [] int32, evaluation index of the first success, -1 if none
     first_success_s: jax.Array  # [] float32, wall seconds into the run at first success
     elapsed_s: jax.Array  # [] float32, wall seconds spent in the run so far
-    kT: jax.Array  # [] float32 eV, the last iteration's temperature (NaN before the first)
+    # [] float32 eV, the last iteration's temperature (NaN before the first); the default
+    # lets a pickle of an older RunState (without it) be unpickled by `godiff_jax.legacy`.
+    kT: jax.Array = float("nan")
 
 
 class IterationInfo(NamedTuple):

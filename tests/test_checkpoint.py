@@ -106,7 +106,25 @@ def test_parameters_of_the_wrong_shape_are_refused_naming_the_leaf(system, tmp_p
 
 
 def test_legacy_converter_needs_the_users_word(system, tmp_path):
+    import shutil
+
     from godiff_jax import legacy
 
     with pytest.raises(SystemExit, match="trust-pickle"):
         legacy.main([str(tmp_path)])
+    # A run directory as an older version left it: checkpoint.pkl of host arrays.
+    state = run(system, TINY3, tmp_path / "new", seeds=0, progress=False, max_iterations=1)
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS):
+        (tmp_path / "old" / name).unlink(missing_ok=True)
+    host = jax.tree_util.tree_map(np.asarray, state)._replace(kT=float("nan"))
+    with open(tmp_path / "old" / checkpoint.LEGACY_CHECKPOINT, "wb") as f:
+        pickle.dump({"seeds": [0], "iteration": 1, "state": host}, f)
+    with pytest.raises(checkpoint.CheckpointError, match="--trust-pickle"):
+        run(system, TINY3, tmp_path / "old", seeds=0, progress=False)
+    legacy.main([str(tmp_path / "old"), "--trust-pickle"])
+    template = jax.eval_shape(lambda: state)
+    got, meta = checkpoint.load_checkpoint(tmp_path / "old", template)
+    assert meta == {"seeds": [0], "iteration": 1}
+    _leaves_equal(state.archive, got.archive)
+    _leaves_equal(state.train.params, got.train.params)
