@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from godiff_jax import checkpoint, pt111_heptamer
+from godiff_jax.config import SearchConfig
 from godiff_jax.runtime import machine_summary
-from godiff_jax.search import GODiff, SearchConfig
+from godiff_jax.search import GODiff
 
 
 def median_time(fn, repeats):

@@ -13,7 +13,6 @@ benchmarks/results/NAME.json and NAME.png (schema: benchmarks/results/README.md)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import importlib.util
 import json
@@ -33,11 +32,13 @@ from godiff_jax.analysis import (
     heptamer_success_batch,
 )
 from godiff_jax.cli import apply_overrides
+from godiff_jax.config import PRESETS, apply_preset
+from godiff_jax.evaluate import JaxEvaluator
 from godiff_jax.plots import best_energy_figure
 from godiff_jax.potentials.emt import emt_energy_fn
 from godiff_jax.report import seed_rows, summarise
+from godiff_jax.runner import run
 from godiff_jax.runtime import keep_heap_memory, machine_summary
-from godiff_jax.search import PRESETS, apply_preset, run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             system,
             config,
             workdir,
+            evaluator=JaxEvaluator(emt_energy_fn(system)),
             seeds=seeds,
             success_fn=make_success(system),
             progress=False,
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_summary(),
         "preset": args.preset,
         "overrides": args.set,
-        "settings": dataclasses.asdict(config),
+        "settings": config.to_dict(),
         "seeds": seeds,
         "e_min": e_min,
         "summary": summary,

@@ -9,17 +9,17 @@ paper's model size. Prints seconds per phase call and the ratio to S x the one-s
 """
 
 import argparse
-import dataclasses
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 
 from godiff_jax import pt111_heptamer
+from godiff_jax.config import SearchConfig
+from godiff_jax.evaluate import JaxEvaluator
 from godiff_jax.potentials.emt import emt_energy_fn
+from godiff_jax.runner import compiled_phases
 from godiff_jax.runtime import keep_heap_memory, machine_summary
-from godiff_jax.search import SearchConfig, _compiled_phases
 
 
 def timeit(repeats, fn, *args):
@@ -45,21 +45,20 @@ def main():
     keep_heap_memory()
     print(machine_summary())
     system = pt111_heptamer()
-    config = dataclasses.replace(
-        SearchConfig(), train_steps=args.train_steps, n_reverse_steps=args.reverse_steps
+    config = SearchConfig().replace(
+        train_steps=args.train_steps, n_reverse_steps=args.reverse_steps
     )
-    energy_fn = emt_energy_fn(system)
+    evaluator = JaxEvaluator(emt_energy_fn(system))
     base = {}
     for s in args.seeds:
-        search, sample_fn, eval_fn, update_fn = _compiled_phases(
-            system, config, energy_fn, s, args.seed_batch
+        search, sample_fn, eval_fn, update_fn = compiled_phases(
+            system, config, evaluator, s, args.seed_batch
         )
         state = jax.jit(jax.vmap(search.init_state))(jax.random.split(jax.random.PRNGKey(0), s))
         x, ok = sample_fn(state)
         e, f = eval_fn(x)
-        kT = jnp.asarray(1.0, jnp.float32)
         t_sample = timeit(args.repeats, sample_fn, state)
-        t_update = timeit(args.repeats, update_fn, state, x, e, f, ok, kT)
+        t_update = timeit(args.repeats, update_fn, state, x, e, f, ok)
         base.setdefault("sample", t_sample)
         base.setdefault("update", t_update)
         per_step = t_update / args.train_steps * 1e3

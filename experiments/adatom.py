@@ -7,15 +7,15 @@ Success: a generated structure within 0.1 eV (single point) of the EMT minimum, 
 the adatom within 0.3 Å of one of the two minimum sites per cell (DESIGN.md section 2).
 """
 
-import dataclasses
-
 from godiff_jax import stepped_pt_adatom
 from godiff_jax.analysis import adatom_success
 from godiff_jax.cli import run_experiment
-from godiff_jax.search import SearchConfig
+from godiff_jax.config import make_config
+from godiff_jax.evaluate import JaxEvaluator
+from godiff_jax.potentials.emt import emt_energy_fn
 
 # ---- hyperparameters (the paper's / reference script's adatom settings) ------------
-PAPER = SearchConfig(
+PAPER = make_config(
     n_iterations=10,  # kT annealed over 10 iterations
     n_samples=32,  # structures evaluated per iteration (320 in all)
     buffer_size=16,
@@ -36,7 +36,7 @@ PAPER = SearchConfig(
     n_rbf=30,
     cutoff=6.0,
 )
-QUICK = dataclasses.replace(PAPER, n_iterations=6, train_steps=500, n_reverse_steps=200)
+QUICK = PAPER.replace(n_iterations=6, train_steps=500, n_reverse_steps=200)
 
 
 def make_success(system):
@@ -47,11 +47,13 @@ def make_success(system):
 
 
 if __name__ == "__main__":
+    system = stepped_pt_adatom()
     run_experiment(
-        stepped_pt_adatom(),
+        system,
         PAPER,
         QUICK,
-        make_success,
-        "GO-Diff: Pt adatom on stepped Pt, JAX EMT",
-        "runs/adatom",
+        evaluator=JaxEvaluator(emt_energy_fn(system)),
+        make_success=make_success,
+        description="GO-Diff: Pt adatom on stepped Pt, JAX EMT",
+        default_workdir="runs/adatom",
     )

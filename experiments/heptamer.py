@@ -9,16 +9,15 @@ to within 0.05 eV of the EMT minimum (DESIGN.md section 2); the first evaluation
 each seed generated it is in metrics.jsonl and the summary.
 """
 
-import dataclasses
-
 from godiff_jax import pt111_heptamer
 from godiff_jax.analysis import heptamer_success_batch
 from godiff_jax.cli import run_experiment
+from godiff_jax.config import make_config
+from godiff_jax.evaluate import JaxEvaluator
 from godiff_jax.potentials.emt import emt_energy_fn
-from godiff_jax.search import SearchConfig
 
 # ---- hyperparameters (the paper's / reference script's heptamer settings) ----------
-PAPER = SearchConfig(
+PAPER = make_config(
     n_iterations=20,  # kT annealed over 20 iterations
     n_samples=128,  # structures evaluated per iteration (2,560 in all)
     buffer_size=64,
@@ -40,8 +39,8 @@ PAPER = SearchConfig(
     cutoff=6.0,
 )
 # A preset that finishes in ~2 minutes on a 2-core CPU (117 s measured): fewer, shorter iterations.
-QUICK = dataclasses.replace(
-    PAPER, n_iterations=8, n_samples=64, buffer_size=32, train_steps=600, n_reverse_steps=200
+QUICK = PAPER.replace(
+    n_iterations=8, n_samples=64, buffer_size=32, train_steps=600, n_reverse_steps=200
 )
 
 
@@ -56,11 +55,13 @@ def make_success(system):
 
 
 if __name__ == "__main__":
+    system = pt111_heptamer()
     run_experiment(
-        pt111_heptamer(),
+        system,
         PAPER,
         QUICK,
-        make_success,
-        "GO-Diff: Pt7 heptamer on Pt(111), JAX EMT",
-        "runs/heptamer",
+        evaluator=JaxEvaluator(emt_energy_fn(system)),
+        make_success=make_success,
+        description="GO-Diff: Pt7 heptamer on Pt(111), JAX EMT",
+        default_workdir="runs/heptamer",
     )

@@ -21,11 +21,14 @@ from godiff_jax.buffer import (
     weighted_sample_without_replacement,
 )
 from godiff_jax.checkpoint import __version__ as __version__  # the installed distribution
+from godiff_jax.config import SearchConfig, make_config
+from godiff_jax.evaluate import AseEvaluator, Evaluation, JaxEvaluator
 from godiff_jax.loss import boltzmann_weights, dsm_error, weighted_dsm_loss
+from godiff_jax.runner import run
 from godiff_jax.sampler import reverse_sample, reverse_times
 from godiff_jax.schedule import exponential_kT
 from godiff_jax.sde import VESDE, diffusion_sq, marginal_var, perturb, sample_prior
-from godiff_jax.search import GODiff, IterationInfo, RunState, SearchConfig, run
+from godiff_jax.search import GODiff, IterationInfo, RunState
 from godiff_jax.system import (
     System,
     load_template,
@@ -37,10 +40,13 @@ from godiff_jax.system import (
 from godiff_jax.train import TrainState, init_train_state, make_optimizer, train_steps
 
 __all__ = [
+    "AseEvaluator",
     "EMTCalculator",
+    "Evaluation",
     "GODiff",
     "IterationInfo",
     "JaxCalculator",
+    "JaxEvaluator",
     "RunState",
     "SearchConfig",
     "evaluate_with_calculator",
@@ -59,6 +65,7 @@ __all__ = [
     "exponential_kT",
     "init_archive",
     "init_train_state",
+    "make_config",
     "load_template",
     "make_cluster_system",
     "make_optimizer",

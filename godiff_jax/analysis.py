@@ -14,7 +14,6 @@ Success tests:
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from godiff_jax.geometry import image_distances, neighbour_shifts_cartesian
 from godiff_jax.relax import relax_batch
 from godiff_jax.system import System
 
@@ -58,61 +58,6 @@ def stepped_pt_adatom_minimum_sites() -> np.ndarray:
     return _ADATOM_MINIMUM_SITES.copy()
 
 
-# --------------------------------------------------------------------------------------
-# Geometry
-# --------------------------------------------------------------------------------------
-
-
-def _image_shifts(pbc) -> np.ndarray:
-    """[K, 3] integer lattice shifts -1..1 along the periodic axes (K = 3^n_periodic)."""
-    ranges = [(-1, 0, 1) if p else (0,) for p in pbc]
-    return np.array(list(itertools.product(*ranges)), dtype=float)
-
-
-def _image_distances(p1: jnp.ndarray, p2: jnp.ndarray, cell, pbc) -> jnp.ndarray:
-    """[K, A, B] distances from p1 [A, 3] to the periodic images of p2 [B, 3].
-
-    Fractional differences are wrapped to [-0.5, 0.5) along periodic axes, then the 3^n
-    neighbouring images are kept, so the minimum over K is the minimum image even for
-    skewed cells (as long as the cell is not much smaller than the distances of interest).
-    """
-    diff = p2[None, :, :] - p1[:, None, :]  # [A, B, 3]
-    pbc = tuple(bool(p) for p in pbc)
-    if not any(pbc):
-        return jnp.sqrt(jnp.sum(diff**2, axis=-1))[None]
-    cell = np.asarray(cell, dtype=float)
-    if abs(np.linalg.det(cell)) < 1e-12:
-        raise ValueError(f"periodic boundaries need a non-singular cell, got {cell.tolist()}")
-    cell_j = jnp.asarray(cell, diff.dtype)
-    frac = diff @ jnp.asarray(np.linalg.inv(cell), diff.dtype)
-    periodic = jnp.asarray(pbc)
-    frac = jnp.where(periodic, frac - jnp.round(frac), frac)
-    shifts = jnp.asarray(_image_shifts(pbc), diff.dtype)  # [K, 3]
-    vec = (frac[None] + shifts[:, None, None, :]) @ cell_j  # [K, A, B, 3]
-    return jnp.sqrt(jnp.sum(vec**2, axis=-1))
-
-
-def min_distance(system: System, mobile_positions: jnp.ndarray) -> jnp.ndarray:
-    """Smallest distance (Å) of any pair with at least one mobile atom, minimum image.
-
-    Mobile–mobile and mobile–template pairs (and a mobile atom's own periodic images);
-    surface systems are periodic in x/y over the cell, clusters not at all. Pure JAX:
-    jit/vmap over `mobile_positions` [M, 3] with the system closed over.
-    """
-    x = jnp.asarray(mobile_positions)
-    allpos = system.all_positions(x)
-    pbc = system.pbc if system.mode == "surface" else (False, False, False)
-    d = _image_distances(x, allpos, system.cell, pbc)  # [K, M, N]
-    shifts = _image_shifts(pbc)
-    zero_shift = np.all(shifts == 0, axis=1)  # [K]
-    self_pair = (
-        np.arange(system.n_atoms)[None, :]
-        == (system.n_template + np.arange(system.n_mobile))[:, None]
-    )  # [M, N]
-    excluded = zero_shift[:, None, None] & self_pair[None]
-    return jnp.min(jnp.where(jnp.asarray(excluded), jnp.inf, d))
-
-
 def bond_graph(positions, numbers, cell, pbc, scale: float = 1.1) -> jnp.ndarray:
     """[K, K] bool adjacency: bond if distance < scale * (r_cov_i + r_cov_j), minimum image.
 
@@ -123,7 +68,7 @@ def bond_graph(positions, numbers, cell, pbc, scale: float = 1.1) -> jnp.ndarray
     x = jnp.asarray(positions)
     radii = ase.data.covalent_radii[np.asarray(numbers, dtype=int)]
     cutoff = jnp.asarray(scale * (radii[:, None] + radii[None, :]), x.dtype)
-    d = jnp.min(_image_distances(x, x, cell, pbc), axis=0)
+    d = jnp.min(image_distances(x, x, cell, pbc), axis=0)
     return (d < cutoff) & ~jnp.eye(len(radii), dtype=bool)
 
 
@@ -181,9 +126,9 @@ def fcc111_sites(system: System) -> dict[str, np.ndarray]:
     p0 = top[np.argmin(np.linalg.norm(top[:, :2] - centre[:2], axis=1))]
     flat = np.concatenate([top[:, :2], np.zeros((len(top), 1))], axis=1)
     origin = np.array([[p0[0], p0[1], 0.0]])
-    d = np.asarray(_image_distances(jnp.asarray(origin), jnp.asarray(flat), system.cell, pbc))
+    d = np.asarray(image_distances(jnp.asarray(origin), jnp.asarray(flat), system.cell, pbc))
     d = d[:, 0, :]  # [K, T]
-    shifts = _image_shifts(pbc) @ system.cell
+    shifts = neighbour_shifts_cartesian(system.cell, pbc)
     vec = flat[None, :, :] + shifts[:, None, :] - origin[None]  # [K, T, 3]
     nn = d > 1e-6
     r_nn = d[nn].min()
@@ -196,7 +141,7 @@ def fcc111_sites(system: System) -> dict[str, np.ndarray]:
     out = {"top": p0[:2].copy(), "a1": a1, "a2": a2, "z_top": np.asarray(z_top)}
     for h in hollows:
         dh = np.asarray(
-            _image_distances(jnp.asarray([[h[0], h[1], 0.0]]), jnp.asarray(sec), system.cell, pbc)
+            image_distances(jnp.asarray([[h[0], h[1], 0.0]]), jnp.asarray(sec), system.cell, pbc)
         ).min()
         out["hcp" if dh < 0.3 else "fcc"] = h
     if "hcp" not in out or "fcc" not in out:
@@ -309,7 +254,7 @@ def _site_distance(system: System, x: jnp.ndarray, sites: jnp.ndarray) -> jnp.nd
     """Smallest distance from any mobile atom of x [..., M, 3] to any site [S, 3] (x/y mic)."""
     pbc = (True, True, False) if system.mode == "surface" else (False, False, False)
     flat = x.reshape(-1, 3)
-    d = jnp.min(_image_distances(flat, sites.astype(flat.dtype), system.cell, pbc), axis=(0, 2))
+    d = jnp.min(image_distances(flat, sites.astype(flat.dtype), system.cell, pbc), axis=(0, 2))
     return jnp.min(d.reshape(x.shape[:-1]), axis=-1)
 
 

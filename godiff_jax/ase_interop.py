@@ -11,11 +11,8 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import multiprocessing
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -226,31 +223,6 @@ def EMTCalculator(**kwargs) -> JaxCalculator:  # noqa: N802 (mirrors ase's EMT()
 # --------------------------------------------------------------------------------------
 
 
-def _evaluate_chunk(system: System, xs: np.ndarray, calculator: Calculator):
-    n = len(xs)
-    energies = np.full(n, np.nan)
-    forces = np.zeros((n, system.n_mobile, 3))
-    valid = np.zeros(n, dtype=bool)
-    errors: list[str] = []
-    for i, x in enumerate(xs):
-        try:
-            calculator.reset()
-            atoms = to_atoms(system, x)
-            atoms.calc = calculator
-            e = float(atoms.get_potential_energy())
-            f = np.asarray(atoms.get_forces(apply_constraint=False), dtype=float)
-            f = f[system.n_template :]
-            if not (np.isfinite(e) and np.all(np.isfinite(f))):
-                raise FloatingPointError(f"non-finite energy or forces (energy {e})")
-        except Exception as err:  # any calculator failure marks the structure invalid
-            errors.append(f"structure {i}: {type(err).__name__}: {err}")
-            continue
-        energies[i] = e
-        forces[i] = f
-        valid[i] = True
-    return energies, forces, valid, errors
-
-
 def evaluate_with_calculator(
     system: System,
     mobile_positions,
@@ -263,37 +235,14 @@ def evaluate_with_calculator(
     whose calculation raises, or gives a non-finite energy or forces, is invalid: energy
     NaN, forces zero, and the batch goes on; a warning says how many failed and the first
     error. `n_workers > 1` spreads the batch over a pool of processes (spawned, each with
-    a pickled copy of the calculator): worth it only for expensive calculators.
+    a pickled copy of the calculator): worth it only for expensive calculators. The
+    evaluator behind it is `godiff_jax.evaluate.AseEvaluator`.
     """
+    from godiff_jax.evaluate import AseEvaluator
+
     xs = np.asarray(mobile_positions, dtype=float)
     if xs.ndim == 2:
         xs = xs[None]
-    if xs.ndim != 3 or xs.shape[1:] != (system.n_mobile, 3):
-        raise ValueError(
-            f"mobile positions must have shape (B, {system.n_mobile}, 3), got {xs.shape}"
-        )
-    if n_workers is None or n_workers <= 1 or len(xs) <= 1:
-        energies, forces, valid, errors = _evaluate_chunk(system, xs, calculator)
-    else:
-        chunks = np.array_split(np.arange(len(xs)), min(n_workers, len(xs)))
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(len(chunks), mp_context=ctx) as pool:
-            futures = [pool.submit(_evaluate_chunk, system, xs[idx], calculator) for idx in chunks]
-            parts = [f.result() for f in futures]
-        energies = np.concatenate([p[0] for p in parts])
-        forces = np.concatenate([p[1] for p in parts])
-        valid = np.concatenate([p[2] for p in parts])
-        errors = []
-        for idx, p in zip(chunks, parts, strict=True):
-            for msg in p[3]:  # renumber "structure i" to the batch index
-                head, _, tail = msg.partition(":")
-                errors.append(f"structure {idx[int(head.split()[1])]}:{tail}")
-    n_failed = int((~valid).sum())
-    if n_failed:
-        msg = (
-            f"{n_failed} of {len(xs)} structures failed with {type(calculator).__name__} "
-            f"and are marked invalid; first error: {errors[0]}"
-        )
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        logger.warning(msg)
-    return energies, forces, valid
+    with AseEvaluator(calculator, n_workers=max(1, n_workers or 1)) as evaluator:
+        out = evaluator(system, xs, np.ones(len(xs), bool))
+    return out.energies, out.forces, out.valid

@@ -24,6 +24,7 @@ import importlib.metadata
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +180,14 @@ def save_checkpoint(workdir: Path, state: Any, meta: dict) -> None:
     _fsync_dir(workdir)
 
 
-def load_checkpoint(workdir: Path, template: Any) -> tuple[Any, dict] | None:
+def load_checkpoint(
+    workdir: Path,
+    template: Any,
+    upgrade: Callable[[dict, dict], tuple[dict, dict]] | None = None,
+) -> tuple[Any, dict] | None:
     """(state shaped as `template`, meta) of the latest good checkpoint, or None if there is
-    none. A corrupt latest file falls back to the previous one with a warning."""
+    none. A corrupt latest file falls back to the previous one with a warning. `upgrade`
+    maps the arrays and meta of a file written by an older version of the state first."""
     workdir = Path(workdir)
     ours = [workdir / n for n in (CHECKPOINT, PREVIOUS) if (workdir / n).exists()]
     if not ours and (workdir / LEGACY_CHECKPOINT).exists():
@@ -207,7 +213,10 @@ def load_checkpoint(workdir: Path, template: Any) -> tuple[Any, dict] | None:
                 f"(iteration {header['meta'].get('iteration')})",
                 stacklevel=2,
             )
-        return restore(template, arrays, str(path)), header["meta"]
+        meta = header["meta"]
+        if upgrade is not None:
+            arrays, meta = upgrade(dict(arrays), meta)
+        return restore(template, arrays, str(path)), meta
     if errors:
         raise CorruptCheckpoint("; ".join(errors) + "; no good checkpoint is left")
     return None

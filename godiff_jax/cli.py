@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from godiff_jax import io
+from godiff_jax.config import PRESETS, SearchConfig, apply_preset, field_type
+from godiff_jax.evaluate import Evaluator
+from godiff_jax.runner import run
 from godiff_jax.runtime import keep_heap_memory
-from godiff_jax.search import PRESETS, SearchConfig, SuccessFn, apply_preset, run
+from godiff_jax.search import SuccessFn
 from godiff_jax.system import System
 
 
@@ -42,47 +45,56 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override one SearchConfig field, e.g. --set train_steps=4000 (repeatable)",
+        help="override one setting, e.g. --set training.train_steps=4000 or train_steps=4000 (repeatable)",
     )
     return p
 
 
-def _parse_value(text: str, default: object) -> object:
-    """A --set value as the type of the field's default (bool: true/false in any case)."""
+def _parse_value(text: str, declared: object) -> object:
+    """A --set value as its field's declared type (bool: true/false in any case)."""
+    options = typing.get_args(declared) or (declared,)
     if text.lower() in ("none", "null"):
+        if type(None) not in options:
+            raise ValueError("this setting cannot be none")
         return None
-    if isinstance(default, bool):
+    kind = next(t for t in options if t is not type(None))
+    if kind is bool:
         if text.lower() not in ("true", "false"):
             raise ValueError("expected true or false")
         return text.lower() == "true"
-    if isinstance(default, int):
+    if kind is int:
         return int(text)
-    if isinstance(default, float) or default is None:  # None: the optional float fields
+    if kind is float:
         return float(text)
     return text
 
 
 def apply_overrides(config: SearchConfig, assignments: list[str]) -> SearchConfig:
-    """SearchConfig with `NAME=VALUE` overrides, each VALUE read as its field's type."""
-    fields = {f.name for f in dataclasses.fields(config)}
+    """SearchConfig with `NAME=VALUE` overrides; NAME dotted (`model.features`) or a flat
+    alias (`features`), VALUE read as the field's type."""
     changes = {}
     for item in assignments:
         name, sep, text = item.partition("=")
-        if not sep or name not in fields:
-            raise SystemExit(
-                f"--set {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}"
-            )
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected NAME=VALUE, e.g. training.train_steps=500")
         try:
-            changes[name] = _parse_value(text, getattr(config, name))
+            changes[name] = _parse_value(text, field_type(name))
+        except KeyError as err:
+            raise SystemExit(f"--set {item!r}: {err.args[0]}") from None
         except ValueError as err:
             raise SystemExit(f"--set {item!r}: {err}") from None
-    return dataclasses.replace(config, **changes)
+    try:
+        return config.replace(**changes)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--set: {err}") from None
 
 
 def run_experiment(
     system: System,
     config: SearchConfig,
     quick: SearchConfig,
+    *,
+    evaluator: Evaluator,
     make_success: Callable[[System], SuccessFn] | None,
     description: str,
     default_workdir: str,
@@ -94,13 +106,14 @@ def run_experiment(
     seeds = list(range(args.seed, args.seed + args.seeds))
     workdir = Path(args.workdir)
     print(f"{system.name}: {len(seeds)} seed(s) {seeds}, workdir {workdir}")
-    print(json.dumps(dataclasses.asdict(cfg)))
+    print(json.dumps(cfg.to_dict()))
     t0 = time.perf_counter()
     success = make_success(system) if make_success is not None else None
     state = run(
         system,
         cfg,
         workdir,
+        evaluator=evaluator,
         seeds=seeds,
         success_fn=success,
         max_iterations=args.iterations,

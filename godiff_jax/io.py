@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -36,13 +35,26 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def write_config(workdir: Path, config: Any) -> None:
-    """Store the config; an existing run directory must have been made with the same one."""
+    """Store the config; an existing run directory must have been made with the same one
+    (an older directory's flat config.json is read through the flat aliases)."""
+    from godiff_jax.config import from_dict
+
     path = Path(workdir) / CONFIG
-    new = dataclasses.asdict(config)
+    new = config.to_dict()
     if path.exists():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+        old = _flat(from_dict(json.loads(path.read_text())).to_dict())
+        diff = {k: (old.get(k), v) for k, v in _flat(new).items() if old.get(k) != v}
         if diff:
             raise ValueError(
                 f"{workdir} holds a run with a different config {diff} (old, new); "

@@ -11,22 +11,57 @@ from __future__ import annotations
 import argparse
 import pickle
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from godiff_jax import checkpoint
+from godiff_jax.records import RunClock
+from godiff_jax.search import RunState
+
+
+class LegacyRunState(NamedTuple):
+    """The RunState the pickle checkpoints hold (the wall clock was part of it then)."""
+
+    key: Any
+    iteration: Any
+    train: Any
+    archive: Any
+    n_evaluations: Any
+    first_success: Any
+    first_success_s: Any
+    elapsed_s: Any
+    kT: Any = float("nan")  # absent in the oldest ones
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) == ("godiff_jax.search", "RunState"):
+            return LegacyRunState
+        return super().find_class(module, name)
 
 
 def convert(workdir: Path) -> Path:
     """Write checkpoint.msgpack from checkpoint.pkl (which is left in place)."""
     workdir = Path(workdir)
     with open(workdir / checkpoint.LEGACY_CHECKPOINT, "rb") as f:
-        saved = pickle.load(f)  # the caller has said they trust this file
+        saved = _Unpickler(f).load()  # the caller has said they trust this file
     seeds = [int(s) for s in saved["seeds"]]
-    state = saved["state"]
-    if np.ndim(state.kT) == 0:  # written before RunState had kT: one NaN per seed
-        state = state._replace(kT=np.full(len(seeds), np.nan, np.float32))
-    meta = {"seeds": seeds, "iteration": int(saved["iteration"])}
+    old = saved["state"]
+    kT = old.kT
+    if np.ndim(kT) == 0:  # written before RunState had kT: one NaN per seed
+        kT = np.full(len(seeds), np.nan, np.float32)
+    state = RunState(
+        key=old.key,
+        iteration=old.iteration,
+        train=old.train,
+        archive=old.archive,
+        n_evaluations=old.n_evaluations,
+        first_success=old.first_success,
+        kT=kT,
+    )
+    clock = RunClock(np.asarray(old.elapsed_s, float), np.asarray(old.first_success_s, float))
+    meta = {"seeds": seeds, "iteration": int(saved["iteration"]), "clock": clock.to_meta()}
     checkpoint.save_checkpoint(workdir, state, meta)
     return workdir / checkpoint.CHECKPOINT
 

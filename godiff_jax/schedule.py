@@ -1,7 +1,12 @@
-"""Annealing schedules for kT (eV)."""
+"""Annealing schedules for kT (eV): the fixed geometric one and the adaptive controller."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -12,3 +17,70 @@ def exponential_kT(kT_start: float, kT_end: float, n_iterations: int) -> np.ndar
     if not (kT_start > 0 and kT_end > 0):
         raise ValueError(f"kT must be positive, got {kT_start}, {kT_end}")
     return np.exp(np.linspace(np.log(kT_start), np.log(kT_end), n_iterations))
+
+
+class Temperature(NamedTuple):
+    """A kT controller as an (init, update) pair, carried in the jitted state.
+
+    init() -> state; update(state, iteration, energies [N], valid [N]) -> (kT, state):
+    the temperature (eV) the buffer of this iteration is drawn at, from the batch just
+    evaluated. The state is the last kT (NaN before the first), so a fixed schedule and
+    an adaptive one fill the same slot.
+    """
+
+    init: Callable[[], jax.Array]
+    update: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def _no_kT() -> jax.Array:
+    return jnp.full((), jnp.nan, jnp.float32)
+
+
+def fixed_temperature(kTs: np.ndarray) -> Temperature:
+    """kT_k = kTs[k] whatever the energies (the paper's annealing)."""
+    table = np.asarray(kTs, np.float32)
+
+    def update(state, iteration, energies, valid):
+        kT = jnp.asarray(table)[iteration]
+        return kT, kT
+
+    return Temperature(_no_kT, update)
+
+
+def heat_capacity_kT(
+    energies: jax.Array,
+    valid: jax.Array,
+    kT_prev: jax.Array,
+    hot_factor: float = 0.95,
+    cold_factor: float = 0.5,
+) -> tuple[jax.Array, jax.Array]:
+    """(kT, heat capacity) after a batch of energies (eV), as go-diff 1.1.0 anneals.
+
+    First batch (kT_prev NaN): kT = std(E). Later: C = Var(E) / kT_prev^2 of the valid
+    energies; kT = kT_prev * hot_factor while C > 1 (the samples still span more than kT:
+    cool slowly), else kT_prev * cold_factor. Fewer than two valid energies keep kT_prev.
+    """
+    n = jnp.sum(valid)
+    e = jnp.where(valid, energies, 0.0)
+    mean = jnp.sum(e) / jnp.maximum(n, 1)
+    var = jnp.sum(jnp.where(valid, (e - mean) ** 2, 0.0)) / jnp.maximum(n, 1)
+    first = ~jnp.isfinite(kT_prev)
+    heat = jnp.where(first, jnp.nan, var / jnp.where(first, 1.0, kT_prev) ** 2)
+    cooled = kT_prev * jnp.where(heat > 1.0, hot_factor, cold_factor)
+    kT = jnp.where(first, jnp.sqrt(var), cooled)
+    return jnp.where(n >= 2, kT, kT_prev).astype(jnp.float32), heat.astype(jnp.float32)
+
+
+def adaptive_temperature(
+    kT_start: float, hot_factor: float = 0.95, cold_factor: float = 0.5
+) -> Temperature:
+    """`heat_capacity_kT` each iteration; kT_start until two valid energies exist."""
+
+    def update(state, iteration, energies, valid):
+        kT_next, _ = heat_capacity_kT(energies, valid, state, hot_factor, cold_factor)
+        # No valid energy yet: start from kT_start; never divide by 0.
+        kT = jnp.maximum(jnp.where(jnp.isfinite(kT_next), kT_next, kT_start), 1e-6)
+        kT = jnp.asarray(kT, jnp.float32)
+        return kT, kT
+
+    return Temperature(_no_kT, update)

@@ -90,16 +90,9 @@ class System:
 
     def confine(self, mobile_positions: jnp.ndarray) -> jnp.ndarray:
         """Clamp into the box and wrap x/y into the periodic cell (surface mode)."""
-        x = jnp.asarray(mobile_positions)  # float64 numpy input becomes float32 without x64
-        lo = jnp.asarray(self.box_lo, x.dtype)
-        hi = jnp.asarray(self.box_hi, x.dtype)
-        if self.mode == "cluster":
-            return jnp.clip(x, lo, hi)
-        ab = jnp.asarray(self.cell[:2, :2], x.dtype)
-        frac = jnp.linalg.solve(ab.T, x[..., :2].reshape(-1, 2).T).T.reshape(x[..., :2].shape)
-        xy = (frac % 1.0) @ ab
-        z = jnp.clip(x[..., 2:], lo[2], hi[2])
-        return jnp.concatenate([xy, z], axis=-1)
+        from godiff_jax.geometry import confine
+
+        return confine(self, mobile_positions)
 
     def box_volume(self) -> float:
         """Volume (Å^3) the mobile atoms are confined to."""

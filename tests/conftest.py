@@ -3,12 +3,15 @@ wants it (the score model), so enabling x64 for the whole session is safe."""
 
 import jax
 
-from godiff_jax.search import SearchConfig
+from godiff_jax.config import make_config
+from godiff_jax.evaluate import JaxEvaluator
+from godiff_jax.potentials.emt import emt_energy_fn
+from godiff_jax.runner import run
 
 jax.config.update("jax_enable_x64", True)
 
 # The whole loop in seconds: two iterations of 6 samples, a 1-block model of 8 features.
-TINY = SearchConfig(
+TINY = make_config(
     n_iterations=2,
     n_samples=6,
     buffer_size=6,
@@ -22,3 +25,9 @@ TINY = SearchConfig(
     n_rbf=6,
     cutoff=5.0,
 )
+
+
+def run_emt(system, config, workdir, **kwargs):
+    """`runner.run` with the JAX EMT unless another evaluator is given."""
+    kwargs.setdefault("evaluator", JaxEvaluator(emt_energy_fn(system)))
+    return run(system, config, workdir, **kwargs)

@@ -20,10 +20,10 @@ from godiff_jax.analysis import (
     heptamer_success,
     heptamer_success_batch,
     is_wheel_graph,
-    min_distance,
     mobile_bond_graph,
     stepped_pt_adatom_minimum_sites,
 )
+from godiff_jax.geometry import min_distance
 from godiff_jax.potentials.emt import emt_energy_fn
 from godiff_jax.relax import relax_batch
 from godiff_jax.system import make_cluster_system, pt111_heptamer, stepped_pt_adatom

@@ -1,19 +1,17 @@
 """Checkpoints hold arrays only: no unpickling, versioned, verified, with a fallback."""
 
-import dataclasses
 import pickle
 import random
 
 import jax
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, run_emt
 
 from godiff_jax import checkpoint, stepped_pt_adatom
 from godiff_jax.model import ScoreModel
-from godiff_jax.search import run
 
-TINY3 = dataclasses.replace(TINY, n_iterations=3)
+TINY3 = TINY.replace(n_iterations=3)
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +40,19 @@ def test_pickle_checkpoint_is_refused_and_its_code_never_runs(system, tmp_path, 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / name).write_bytes(pickle.dumps({"state": _Payload(marker)}))
     with pytest.raises(checkpoint.CheckpointError, match="pickle.*--trust-pickle"):
-        run(system, TINY3, tmp_path / "run", seeds=0, progress=False)
+        run_emt(system, TINY3, tmp_path / "run", seeds=0, progress=False)
     assert not marker.exists()
 
 
 def test_truncated_checkpoint_falls_back_and_resume_matches(system, tmp_path):
-    full = run(system, TINY3, tmp_path / "full", seeds=0, progress=False)
-    run(system, TINY3, tmp_path / "cut", seeds=0, progress=False, max_iterations=2)
+    full = run_emt(system, TINY3, tmp_path / "full", seeds=0, progress=False)
+    run_emt(system, TINY3, tmp_path / "cut", seeds=0, progress=False, max_iterations=2)
     latest = tmp_path / "cut" / checkpoint.CHECKPOINT
     data = latest.read_bytes()
     cut = random.Random(0).randrange(1, len(data))
     latest.write_bytes(data[:cut])  # a copy cut short at a random byte
     with pytest.warns(UserWarning, match="truncated.*previous checkpoint.*iteration 1"):
-        resumed = run(system, TINY3, tmp_path / "cut", seeds=0, progress=False)
+        resumed = run_emt(system, TINY3, tmp_path / "cut", seeds=0, progress=False)
     _leaves_equal(full.archive, resumed.archive)
     _leaves_equal(full.train.params, resumed.train.params)
     # A damaged byte (same length) is caught by the hash.
@@ -77,12 +75,12 @@ def test_format_version_mismatch_says_what_to_do():
 
 
 def test_parameters_of_the_wrong_shape_are_refused_naming_the_leaf(system, tmp_path):
-    wide = ScoreModel(system, dataclasses.replace(TINY3, features=16).model_config)
+    wide = ScoreModel(system, TINY3.replace(features=16).model)
     with pytest.raises(
         checkpoint.CheckpointError,
         match=r"leaf \['embedding'\]\['embedding'\] has shape \(101, 16\)",
     ):
-        run(
+        run_emt(
             system,
             TINY3,
             tmp_path / "r",
@@ -91,7 +89,7 @@ def test_parameters_of_the_wrong_shape_are_refused_naming_the_leaf(system, tmp_p
             init_params=wide.init(jax.random.PRNGKey(0)),
         )
     # A parameters file round-trips, and a run's checkpoint serves as one (transfer).
-    model = ScoreModel(system, TINY3.model_config)
+    model = ScoreModel(system, TINY3.model)
     params = model.init(jax.random.PRNGKey(1))
     checkpoint.save_params(tmp_path / "p.msgpack", params)
     template = jax.eval_shape(model.init, jax.random.PRNGKey(0))
@@ -100,31 +98,41 @@ def test_parameters_of_the_wrong_shape_are_refused_naming_the_leaf(system, tmp_p
         checkpoint.load_params(
             tmp_path / "p.msgpack", jax.eval_shape(wide.init, jax.random.PRNGKey(0))
         )
-    state = run(system, TINY3, tmp_path / "s", seeds=[4, 5], progress=False, max_iterations=1)
+    state = run_emt(system, TINY3, tmp_path / "s", seeds=[4, 5], progress=False, max_iterations=1)
     got = checkpoint.load_params(tmp_path / "s" / checkpoint.CHECKPOINT, template)
     _leaves_equal(jax.tree_util.tree_map(lambda v: v[0], state.train.params), got)
 
 
-def test_legacy_converter_needs_the_users_word(system, tmp_path):
+def test_legacy_converter_needs_the_users_word(system, tmp_path, monkeypatch):
     import shutil
 
     from godiff_jax import legacy
+    from godiff_jax import search as search_module
 
     with pytest.raises(SystemExit, match="trust-pickle"):
         legacy.main([str(tmp_path)])
     # A run directory as an older version left it: checkpoint.pkl of host arrays.
-    state = run(system, TINY3, tmp_path / "new", seeds=0, progress=False, max_iterations=1)
+    state = run_emt(system, TINY3, tmp_path / "new", seeds=0, progress=False, max_iterations=1)
     shutil.copytree(tmp_path / "new", tmp_path / "old")
     for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS):
         (tmp_path / "old" / name).unlink(missing_ok=True)
-    host = jax.tree_util.tree_map(np.asarray, state)._replace(kT=float("nan"))
-    with open(tmp_path / "old" / checkpoint.LEGACY_CHECKPOINT, "wb") as f:
-        pickle.dump({"seeds": [0], "iteration": 1, "state": host}, f)
+    # Pickled as the old godiff_jax.search.RunState was: the clock inside, no kT yet.
+    old_class = type("RunState", (legacy.LegacyRunState,), {"__module__": "godiff_jax.search"})
+    host = jax.tree_util.tree_map(np.asarray, state)
+    old = old_class(
+        *host[:6], first_success_s=np.array([12.5], np.float32), elapsed_s=np.array([40.0])
+    )
+    with monkeypatch.context() as m:
+        m.setattr(search_module, "RunState", old_class)
+        with open(tmp_path / "old" / checkpoint.LEGACY_CHECKPOINT, "wb") as f:
+            pickle.dump({"seeds": [0], "iteration": 1, "state": old}, f)
     with pytest.raises(checkpoint.CheckpointError, match="--trust-pickle"):
-        run(system, TINY3, tmp_path / "old", seeds=0, progress=False)
+        run_emt(system, TINY3, tmp_path / "old", seeds=0, progress=False)
     legacy.main([str(tmp_path / "old"), "--trust-pickle"])
     template = jax.eval_shape(lambda: state)
     got, meta = checkpoint.load_checkpoint(tmp_path / "old", template)
-    assert meta == {"seeds": [0], "iteration": 1}
+    clock = {"elapsed_s": [40.0], "first_success_s": [12.5]}
+    assert meta == {"seeds": [0], "iteration": 1, "clock": clock}
+    assert np.isnan(np.asarray(got.kT)).all()
     _leaves_equal(state.archive, got.archive)
     _leaves_equal(state.train.params, got.train.params)

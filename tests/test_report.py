@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, run_emt
 
 from godiff_jax import stepped_pt_adatom
 from godiff_jax.report import best_curve, seed_rows, summarise
-from godiff_jax.search import run
 
 
 def test_best_curve_hand_computed():
@@ -64,7 +63,7 @@ def finished_run(tmp_path_factory):
     def success(positions, energies, valid):  # "found" below 8 eV
         return valid & (np.asarray(energies) < 8.0)
 
-    run(system, TINY, workdir, seeds=[0, 1], progress=False, success_fn=success)
+    run_emt(system, TINY, workdir, seeds=[0, 1], progress=False, success_fn=success)
     return system, workdir
 
 

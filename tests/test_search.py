@@ -1,6 +1,5 @@
 """The whole loop on tiny configs: end to end, resume, vmapped seeds, failing calculators."""
 
-import dataclasses
 import json
 
 import ase.db
@@ -8,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
-from conftest import TINY
+from conftest import TINY, run_emt
 
 from godiff_jax import checkpoint, io, stepped_pt_adatom
-from godiff_jax import search as search_module
-from godiff_jax.search import run
+from godiff_jax import runner as runner_module
+from godiff_jax.evaluate import AseEvaluator
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def _leaves_equal(a, b):
 
 
 def test_two_iterations_end_to_end(system, tmp_path):
-    state = run(system, TINY, tmp_path, seeds=0, progress=False)
+    state = run_emt(system, TINY, tmp_path, seeds=0, progress=False)
     assert int(state.iteration[0]) == 2
     # Adam's step count (its bias correction) runs on across iterations by default.
     assert int(_adam_count(state.train)[0]) == 2 * TINY.train_steps
@@ -37,7 +36,7 @@ def test_two_iterations_end_to_end(system, tmp_path):
     assert [r["iteration"] for r in rows] == [0, 1]
     assert rows[-1]["evaluations"] == n_eval
     assert np.isfinite(rows[-1]["best_energy"]) and np.isfinite(rows[-1]["loss_mean"])
-    assert json.loads((tmp_path / "config.json").read_text())["n_samples"] == 6
+    assert json.loads((tmp_path / "config.json").read_text())["sampler"]["n_samples"] == 6
     with ase.db.connect(tmp_path / "structures.db") as db:
         stored = list(db.select())
     assert len(stored) == int(np.sum(np.asarray(state.archive.valid[0])))
@@ -60,7 +59,7 @@ def test_first_success_is_counted_at_generation(system, tmp_path):
         calls["n"] += 1
         return np.full(len(positions), calls["n"] == 2)
 
-    state = run(
+    state = run_emt(
         system, TINY, tmp_path, seeds=0, success_fn=succeed_in_second_iteration, progress=False
     )
     first_row, second_row = io.read_metrics(tmp_path)
@@ -76,8 +75,8 @@ def test_first_success_is_counted_at_generation(system, tmp_path):
     assert second_row["first_success_seconds"] < second_row["seconds_total"]
 
 
-CONTROLLED = dataclasses.replace(
-    TINY, train_steps=40, train_stop=True, stop_warmup=2, stop_patience=3, adaptive_kT=True
+CONTROLLED = TINY.replace(
+    train_steps=40, train_stop=True, stop_warmup=2, stop_patience=3, adaptive_kT=True
 )
 
 
@@ -92,7 +91,7 @@ def _check_controllers(rows):
 
 @pytest.mark.parametrize("config", [TINY, CONTROLLED], ids=["fixed", "controllers"])
 def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
-    full = run(system, config, tmp_path / "full", seeds=3, progress=False)
+    full = run_emt(system, config, tmp_path / "full", seeds=3, progress=False)
 
     calls = {"n": 0}
 
@@ -103,7 +102,7 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
         return np.zeros(len(positions), bool)
 
     with pytest.raises(KeyboardInterrupt):
-        run(
+        run_emt(
             system,
             config,
             tmp_path / "cut",
@@ -115,7 +114,7 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
         (tmp_path / "cut" / checkpoint.CHECKPOINT).read_bytes(), "run-state"
     )
     assert header["meta"]["iteration"] == 1
-    resumed = run(system, config, tmp_path / "cut", seeds=3, progress=False)
+    resumed = run_emt(system, config, tmp_path / "cut", seeds=3, progress=False)
     _leaves_equal(full.archive, resumed.archive)
     _leaves_equal(full.train.params, resumed.train.params)
     if config.train_stop:  # the controllers did act: training stopped early, kT followed
@@ -127,17 +126,19 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
 
 
 def test_resume_refuses_other_config(system, tmp_path):
-    run(system, TINY, tmp_path, seeds=0, max_iterations=1, progress=False)
-    other = dataclasses.replace(TINY, n_samples=8)
+    run_emt(system, TINY, tmp_path, seeds=0, max_iterations=1, progress=False)
+    other = TINY.replace(n_samples=8)
     with pytest.raises(ValueError, match="different config"):
-        run(system, other, tmp_path, seeds=0, progress=False)
+        run_emt(system, other, tmp_path, seeds=0, progress=False)
 
 
 @pytest.mark.parametrize("seed_batch", [1, 2])  # seeds looped / vmapped in one program
 def test_seeds_in_one_program_equal_separate_runs(system, tmp_path, seed_batch):
-    both = run(system, TINY, tmp_path / "both", seeds=[0, 1], progress=False, seed_batch=seed_batch)
+    both = run_emt(
+        system, TINY, tmp_path / "both", seeds=[0, 1], progress=False, seed_batch=seed_batch
+    )
     for i, seed in enumerate([0, 1]):
-        one = run(system, TINY, tmp_path / f"seed{seed}", seeds=seed, progress=False)
+        one = run_emt(system, TINY, tmp_path / f"seed{seed}", seeds=seed, progress=False)
         np.testing.assert_array_equal(both.archive.valid[i], one.archive.valid[0])
         np.testing.assert_allclose(both.archive.positions[i], one.archive.positions[0], atol=1e-4)
         np.testing.assert_allclose(
@@ -152,19 +153,19 @@ def test_seeds_in_one_program_equal_separate_runs(system, tmp_path, seed_batch):
 
 
 def test_seed_batch_reaches_the_compiled_phases(system, tmp_path, monkeypatch):
-    # run() must hand seed_batch on: the loop over seed groups (lax.map) is another program.
+    # run_emt() must hand seed_batch on: the loop over seed groups (lax.map) is another program.
     seen = []
-    compiled = search_module._compiled_phases
+    compiled = runner_module.compiled_phases
 
     def spy(*args):
         seen.append(args[3:])
         return compiled(*args)
 
-    monkeypatch.setattr(search_module, "_compiled_phases", spy)
-    run(system, TINY, tmp_path, seeds=[0, 1], progress=False, seed_batch=1, max_iterations=1)
+    monkeypatch.setattr(runner_module, "compiled_phases", spy)
+    run_emt(system, TINY, tmp_path, seeds=[0, 1], progress=False, seed_batch=1, max_iterations=1)
     assert seen == [(2, 1)]
-    loop = search_module._over_seeds(lambda x: x * 2.0, 2, (0,), 1)
-    vmapped = search_module._over_seeds(lambda x: x * 2.0, 2, (0,), 2)
+    loop = runner_module._over_seeds(lambda x: x * 2.0, 2, (0,), 1)
+    vmapped = runner_module._over_seeds(lambda x: x * 2.0, 2, (0,), 2)
     x = np.ones((2, 3), np.float32)
     assert "scan" in str(jax.make_jaxpr(loop)(x)) and "scan" not in str(jax.make_jaxpr(vmapped)(x))
     np.testing.assert_array_equal(loop(x), vmapped(x))
@@ -186,7 +187,14 @@ class FlakyEMT(EMT):
 
 def test_failing_ase_calculator_does_not_stop_the_run(system, tmp_path):
     with pytest.warns(RuntimeWarning, match="marked invalid"):
-        state = run(system, TINY, tmp_path, seeds=0, calculator=FlakyEMT(), progress=False)
+        state = run_emt(
+            system,
+            TINY,
+            tmp_path,
+            seeds=0,
+            evaluator=AseEvaluator(FlakyEMT(), n_workers=1),
+            progress=False,
+        )
     assert int(state.iteration[0]) == 2
     rows = io.read_metrics(tmp_path)
     assert sum(r["n_invalid_energy"] for r in rows) > 0
@@ -212,11 +220,10 @@ def _adam_count(train_state):
 
 
 def test_fresh_optimizer_per_iteration_when_asked(system, tmp_path):
-    import dataclasses
 
-    fresh = run(
+    fresh = run_emt(
         system,
-        dataclasses.replace(TINY, fresh_optimizer=True),
+        TINY.replace(fresh_optimizer=True),
         tmp_path / "fresh",
         seeds=0,
         progress=False,
@@ -230,9 +237,9 @@ def test_fresh_optimizer_per_iteration_when_asked(system, tmp_path):
 def test_non_finite_parameters_are_reported_not_counted_as_too_close(system, tmp_path, capsys):
     from godiff_jax.model import ScoreModel
 
-    params = ScoreModel(system, TINY.model_config).init(jax.random.PRNGKey(0))
+    params = ScoreModel(system, TINY.model).init(jax.random.PRNGKey(0))
     params = jax.tree_util.tree_map(lambda v: v * np.nan, params)
-    run(system, TINY, tmp_path, seeds=0, progress=False, init_params=params)
+    run_emt(system, TINY, tmp_path, seeds=0, progress=False, init_params=params)
     rows = io.read_metrics(tmp_path)
     assert all(r["n_nonfinite_samples"] == TINY.n_samples for r in rows)
     assert all(r["n_too_close"] == 0 and r["params_finite"] is False for r in rows)
@@ -250,8 +257,8 @@ def test_energy_floor_rejects_are_not_written_nor_successes(system, tmp_path):
         return np.asarray(valid)  # every valid structure "succeeds"
 
     floor_at = 9.0  # eV: seed 0 of TINY samples 12 structures, 4 of them from 6.97 to 7.67 eV
-    config = dataclasses.replace(TINY, energy_floor=floor_at)
-    state = run(system, config, tmp_path, seeds=0, progress=False, success_fn=success)
+    config = TINY.replace(energy_floor=floor_at)
+    state = run_emt(system, config, tmp_path, seeds=0, progress=False, success_fn=success)
     with ase.db.connect(tmp_path / "structures.db") as db:
         stored = [row.energy for row in db.select()]
     assert all(e > floor_at for e in stored)

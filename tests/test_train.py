@@ -145,13 +145,12 @@ def test_loss_normalisations_differ_by_the_node_count_factor():
 def test_holdout_split_sizes_and_plateau_value():
     """torch's random_split of 64 as 90/10 gives 58/6 and of 16 gives 15/1; the plateau
     scheduler is driven by the held-out loss, which is reported per step."""
-    import dataclasses
 
-    from godiff_jax.search import SearchConfig
+    from godiff_jax.config import make_config
 
-    c = SearchConfig(holdout_fraction=0.1)
+    c = make_config(holdout_fraction=0.1)
     assert (c.n_train, c.n_holdout, c.steps_per_epoch) == (58, 6, 3)
-    c = dataclasses.replace(c, buffer_size=16, batch_size=8)
+    c = c.replace(buffer_size=16, batch_size=8)
     assert (c.n_train, c.n_holdout, c.steps_per_epoch) == (15, 1, 1)
     system = stepped_pt_adatom()
     model, opt, state = _tiny(system)
@@ -213,7 +212,7 @@ def test_training_with_a_stop_rule_ends_early_and_marks_the_rest():
 
 
 def test_adaptive_temperature_hand_computed():
-    from godiff_jax.search import adaptive_temperature
+    from godiff_jax.schedule import heat_capacity_kT as adaptive_temperature
 
     e = jnp.array([1.0, 2.0, 3.0, 4.0, 100.0])
     valid = jnp.array([True, True, True, True, False])  # the 100 eV entry is masked

@@ -34,6 +34,7 @@ compute in the dtype of the positions they are given.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -42,9 +43,9 @@ import ase.data
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.geometry import complete_cell
 from ase.units import Bohr
 
+from godiff_jax.geometry import IMAGE_MARGIN, PeriodicImages
 from godiff_jax.system import System
 
 EnergyFn = Callable[[jax.Array], jax.Array]
@@ -76,10 +77,6 @@ BETA = 1.809
 # if two atoms coincide (e.g. both clamped into the same box corner). EMT has no hard
 # core, so the energy there is finite anyway.
 _MIN_R2 = 1e-12
-
-# Extra reach (Å) when deciding which periodic images can matter, so that wrapping
-# round-off in float32 can never drop a pair that is just inside the cutoff.
-_IMAGE_MARGIN = 0.05
 
 
 # --------------------------------------------------------------------------------------
@@ -151,164 +148,6 @@ def _species(numbers: np.ndarray, cut: _Cutoff) -> _Species:
 
 def _logistic(r, cut: _Cutoff):
     return 1.0 / (1.0 + np.exp(cut.acut * (r - cut.rc)))
-
-
-# --------------------------------------------------------------------------------------
-# Periodic images
-
-
-class PeriodicImages:
-    """Which lattice translations can bring two atoms within `reach` of each other.
-
-    Positions are wrapped into the cell along periodic axes first (fractional coords in
-    [0, 1)); then along periodic axis k a translation by n_k cell vectors matters only if
-    |n_k| <= ceil(reach / h_k), h_k being the spacing of the lattice planes normal to
-    the reciprocal vector k. This is what makes cells narrower than twice the cutoff
-    work: several images of the same atom, and an atom's own images, are all counted.
-
-    Along a "wide" axis (h_k >= 2 reach) a pair within reach has |df_k + n_k| < 1/2, so
-    the only image that can matter is the one rounding df_k picks (minimum image), and
-    no atom reaches its own images; pair sums then enumerate narrow axes only.
-    """
-
-    def __init__(self, cell: np.ndarray | None, pbc: Sequence[bool] | bool, reach: float):
-        self.pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
-        cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=float)
-        cell = cell.reshape(3, 3)
-        if self.pbc.any():
-            lengths = np.linalg.norm(cell, axis=1)
-            if np.any(lengths[self.pbc] < 1e-12):
-                raise ValueError(f"periodic axis with a zero-length cell vector: {cell}")
-            cell = complete_cell(cell)
-            if abs(np.linalg.det(cell)) < 1e-12:
-                raise ValueError(f"cell is singular: {cell.tolist()}")
-            self.inv_cell = np.linalg.inv(cell)
-            heights = 1.0 / np.linalg.norm(self.inv_cell, axis=0)
-        else:
-            self.inv_cell = np.eye(3)
-            heights = np.full(3, np.inf)
-        self.cell = cell
-        self.reach = float(reach)
-        self.n_max = np.where(self.pbc, np.ceil(self.reach / heights), 0).astype(int)
-        self.heights = heights
-        self.wide = self.pbc & (heights >= 2.0 * self.reach)
-
-    def integer_shifts(self) -> np.ndarray:
-        """[S, 3] int lattice translations, the zero shift first."""
-        axes = [np.arange(-n, n + 1) for n in self.n_max]
-        grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-        order = np.argsort(np.abs(grid).sum(1), kind="stable")
-        return grid[order]
-
-    def shifts(self) -> np.ndarray:
-        """[S, 3] Cartesian translations (Å), the zero shift first."""
-        return self.integer_shifts() @ self.cell
-
-    def pair_shifts(self) -> np.ndarray:
-        """[S, 3] Cartesian translations (Å) along narrow axes, the zero shift first."""
-        n = self.integer_shifts()
-        return n[np.all((n == 0) | ~self.wide, axis=1)] @ self.cell
-
-    def pair_vectors(self, wrapped: jax.Array) -> jax.Array:
-        """[M, M, S, 3] vectors from atom i to the images of atom j, S as `pair_shifts`.
-
-        Entry [i, i, 0] is the atom itself (zero vector), not a pair.
-        """
-        dtype = wrapped.dtype
-        d = wrapped[None, :, :] - wrapped[:, None, :]
-        if self.wide.any():
-            frac = jax.lax.stop_gradient(d) @ jnp.asarray(self.inv_cell, dtype)
-            n = jnp.round(frac) * jnp.asarray(self.wide, dtype)
-            d = d - n @ jnp.asarray(self.cell, dtype)
-        return d[:, :, None, :] + jnp.asarray(self.pair_shifts(), dtype)[None, None]
-
-    def wrap_host(self, positions: np.ndarray) -> np.ndarray:
-        if not self.pbc.any():
-            return np.asarray(positions, dtype=float)
-        frac = positions @ self.inv_cell
-        n = np.where(self.pbc, np.floor(frac), 0.0)
-        return positions - n @ self.cell
-
-    def wrap(self, positions: jax.Array) -> jax.Array:
-        """Wrap along periodic axes; the translation has zero gradient, as it should."""
-        if not self.pbc.any():
-            return positions
-        dtype = positions.dtype
-        frac = positions @ jnp.asarray(self.inv_cell, dtype)
-        n = jax.lax.stop_gradient(jnp.floor(frac) * jnp.asarray(self.pbc, dtype))
-        return positions - n @ jnp.asarray(self.cell, dtype)
-
-    def bin_counts(self, bin_width: float = 1.0, max_per_axis: int = 24) -> np.ndarray:
-        """[3] bins per axis for `candidates`: ~bin_width Å wide along periodic axes."""
-        n = np.ceil(np.where(self.pbc, self.heights, 0.0) / bin_width)
-        return np.clip(n, 1, max_per_axis).astype(int)
-
-    def candidates(self, wrapped: np.ndarray, n_bins: np.ndarray | None = None) -> Candidates:
-        """Images of fixed, wrapped atoms that an atom in each bin of the cell can reach.
-
-        The wrapped cell is cut into bins along periodic axes (fractional coordinates);
-        an image at fractional g is out of reach of bin [lo, hi) along periodic axis k
-        when h_k * dist(g_k, [lo, hi]) >= reach. Without periodic axes there is one bin
-        holding every atom.
-        """
-        n_bins = self.bin_counts() if n_bins is None else np.asarray(n_bins, dtype=int)
-        n_bins = np.where(self.pbc, n_bins, 1)
-        shifts = self.integer_shifts()  # [S, 3]
-        frac = wrapped @ self.inv_cell  # [A, 3]
-        g = (frac[:, None, :] + shifts[None, :, :]).reshape(-1, 3)  # [A*S, 3]
-        atom = np.repeat(np.arange(len(wrapped)), len(shifts))
-        cart = (wrapped[:, None, :] + (shifts @ self.cell)[None]).reshape(-1, 3)
-        # Per axis: near[k][i, a] says whether image a is within reach of bin i along k.
-        near = []
-        for k in range(3):
-            lo = np.arange(n_bins[k])[:, None] / n_bins[k]
-            out = np.maximum(np.maximum(lo - g[None, :, k], g[None, :, k] - lo - 1 / n_bins[k]), 0)
-            near.append(out * self.heights[k] < self.reach if self.pbc[k] else out >= 0)
-        bins = np.stack(np.meshgrid(*[np.arange(n) for n in n_bins], indexing="ij"), -1)
-        keep = [near[0][i] & near[1][j] & near[2][k] for i, j, k in bins.reshape(-1, 3)]
-        n_cand = max(max(int(m.sum()) for m in keep), 1)
-        pos = np.zeros((len(keep), n_cand, 3))
-        index = np.zeros((len(keep), n_cand), dtype=np.int32)
-        mask = np.zeros((len(keep), n_cand), dtype=bool)
-        for b, m in enumerate(keep):
-            (sel,) = np.nonzero(m)
-            pos[b, : len(sel)] = cart[sel]
-            index[b, : len(sel)] = atom[sel]
-            mask[b, : len(sel)] = True
-        return Candidates(self, n_bins, pos, index, mask)
-
-
-class Candidates(NamedTuple):
-    """Per-bin lists of fixed-atom images within reach, padded to a common length C."""
-
-    images: PeriodicImages
-    n_bins: np.ndarray  # [3] bins per axis
-    positions: np.ndarray  # [B, C, 3] Å (padding: any finite value)
-    index: np.ndarray  # [B, C] which fixed atom (padding: 0)
-    mask: np.ndarray  # [B, C] False on padding
-
-    def gather(self, wrapped: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """For wrapped positions [M, 3]: candidate positions [M, C, 3], index, mask [M, C]."""
-        images, dtype = self.images, wrapped.dtype
-        if len(self.positions) == 1:
-            shape = (len(wrapped), *self.mask.shape[1:])
-            return (
-                jnp.broadcast_to(jnp.asarray(self.positions[0], dtype), (*shape, 3)),
-                jnp.broadcast_to(jnp.asarray(self.index[0]), shape),
-                jnp.broadcast_to(jnp.asarray(self.mask[0]), shape),
-            )
-        frac = jax.lax.stop_gradient(wrapped) @ jnp.asarray(images.inv_cell, dtype)
-        # Wrapping round-off can leave frac a hair outside [0, 1): clip into the edge
-        # bins; the reach margin covers the difference.
-        n = jnp.asarray(self.n_bins, dtype)
-        b = jnp.clip(jnp.floor(frac * n), 0, n - 1).astype(jnp.int32)
-        strides = np.array([self.n_bins[1] * self.n_bins[2], self.n_bins[2], 1], np.int32)
-        flat = jnp.sum(b * jnp.asarray(strides), axis=-1)
-        return (
-            jnp.asarray(self.positions, dtype)[flat],
-            jnp.asarray(self.index)[flat],
-            jnp.asarray(self.mask)[flat],
-        )
 
 
 # --------------------------------------------------------------------------------------
@@ -404,7 +243,7 @@ def _build(
     _check_supported(np.concatenate([tnum, mnum]))
 
     cut = _cutoff(np.concatenate([tnum, mnum]), asap_cutoff)
-    images = PeriodicImages(cell, pbc, cut.rc_list + _IMAGE_MARGIN)
+    images = PeriodicImages(cell, pbc, cut.rc_list + IMAGE_MARGIN)
     sp_t, sp_m = _species(tnum, cut), _species(mnum, cut)
     n_mob, n_tmp = len(mnum), len(tnum)
 
@@ -579,6 +418,7 @@ def make_emt_energy(
     return _build(np.zeros((0, 3)), np.zeros(0, dtype=int), numbers, cell, pbc, asap_cutoff)
 
 
+@functools.lru_cache(maxsize=32)  # one function per System: compiled programs are reused
 def emt_energy_fn(system: System, *, asap_cutoff: bool = False) -> EnergyFn:
     """EMT energy (eV) of template + mobile atoms: energy(mobile_positions [M, 3] Å).
 

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from godiff_jax.potentials.emt import _IMAGE_MARGIN, EnergyFn, PeriodicImages
+from godiff_jax.geometry import IMAGE_MARGIN, PeriodicImages
+from godiff_jax.potentials.emt import EnergyFn
 from godiff_jax.system import System
 
 # r is floored at this fraction of sigma: the energy there (~1e24 epsilon) still fits in
@@ -66,7 +67,7 @@ def _build(
         raise ValueError(f"LJ needs sigma > 0 and cutoff > 0, got {sigma=}, {cutoff=}")
     if n_mobile < 1:
         raise ValueError("LJ energy needs at least one atom whose position is an input")
-    images = PeriodicImages(cell, pbc, cutoff + _IMAGE_MARGIN)
+    images = PeriodicImages(cell, pbc, cutoff + IMAGE_MARGIN)
     tpos = images.wrap_host(np.asarray(template_positions, dtype=float).reshape(-1, 3))
     shifts = images.shifts()
     template_energy = _template_energy(tpos, shifts, epsilon, sigma, cutoff) if len(tpos) else 0.0
