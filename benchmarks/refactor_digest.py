@@ -97,7 +97,7 @@ def digest(root: Path) -> dict[str, np.ndarray]:
         out[f"{name}/key"] = np.asarray(jax.random.key_data(state.key))
         out[f"{name}/n_evaluations"] = np.asarray(state.n_evaluations)
         with ase.db.connect(root / name / "structures.db") as db:
-            rows = list(db.select())
+            rows = [r for r in db.select() if r.get("valid", True)]
         out[f"{name}/db/energy"] = np.array([r.energy for r in rows])
         out[f"{name}/db/weight"] = np.array([r.weight for r in rows])
         for r in read_metrics(root / name):

@@ -56,7 +56,7 @@ def main():
     def sample(params, key):
         ctx = model.context(params)
         return reverse_sample(
-            key, lambda x, t: model.apply(params, ctx, x, t), system, args.batch, args.steps
+            key, lambda x, t: model.apply(params, ctx, x, t), system, args.batch, n_steps=args.steps
         )
 
     key = jax.random.PRNGKey(1)

@@ -8,42 +8,18 @@ the adatom within 0.3 Å of one of the two minimum sites per cell (DESIGN.md sec
 """
 
 from godiff_jax import stepped_pt_adatom
-from godiff_jax.analysis import adatom_success
+from godiff_jax.analysis import success_fn
 from godiff_jax.cli import run_experiment
-from godiff_jax.config import make_config
+from godiff_jax.config import PAPER_SETTINGS
 from godiff_jax.evaluate import JaxEvaluator
 from godiff_jax.potentials.emt import emt_energy_fn
 
-# ---- hyperparameters (the paper's / reference script's adatom settings) ------------
-PAPER = make_config(
-    n_iterations=10,  # kT annealed over 10 iterations
-    n_samples=32,  # structures evaluated per iteration (320 in all)
-    buffer_size=16,
-    batch_size=8,
-    train_steps=2000,  # 1000 epochs over the 16-structure buffer
-    kT_start=5.0,  # eV
-    kT_end=0.02,  # eV
-    n_reverse_steps=500,
-    t_end=0.005,
-    min_distance=1.0,  # Å
-    learning_rate=1e-4,
-    weight_decay=0.01,
-    clip_norm=10.0,
-    plateau_factor=0.95,
-    plateau_patience=100,
-    features=64,
-    n_blocks=4,
-    n_rbf=30,
-    cutoff=6.0,
-)
+PAPER = PAPER_SETTINGS["adatom"]  # the paper's settings, listed in godiff_jax/config.py
 QUICK = PAPER.replace(n_iterations=6, train_steps=500, n_reverse_steps=200)
 
 
 def make_success(system):
-    def success(positions, energies, valid):
-        return adatom_success(system, positions, energies) & valid
-
-    return success
+    return success_fn("adatom", system)
 
 
 if __name__ == "__main__":

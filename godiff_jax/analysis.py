@@ -287,3 +287,25 @@ def adatom_success(
         e = np.asarray(energy, dtype=float)
         near = near | (np.isfinite(e) & (np.abs(e - e_min) <= tol_e))
     return bool(near) if np.ndim(near) == 0 else near
+
+
+def success_fn(system_name: str, system: System):
+    """The host-side success test of a built-in system for `runner.run` (None otherwise):
+    f(positions [N, M, 3], energies [N], valid [N]) -> bool [N]."""
+    if system_name == "heptamer":
+        from godiff_jax.potentials.emt import emt_energy_fn
+
+        energy = emt_energy_fn(system)
+
+        def heptamer(positions, energies, valid):
+            ok, _ = heptamer_success_batch(system, positions, energy)
+            return ok & valid
+
+        return heptamer
+    if system_name == "adatom":
+
+        def adatom(positions, energies, valid):
+            return adatom_success(system, positions, energies) & valid
+
+        return adatom
+    return None

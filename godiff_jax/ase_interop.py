@@ -5,13 +5,12 @@
 - `JaxCalculator`: any JAX energy model of generic atoms as an ASE calculator, compiled once
   per (numbers, cell, pbc) and reused; `EMTCalculator()` is the JAX EMT as a drop-in for
   ASE's `EMT()`.
-- `evaluate_with_calculator`: energies and forces of a batch of structures with any ASE
-  calculator, on the host; failures mark structures invalid instead of stopping the batch.
+
+Evaluating batches with an ASE calculator is `godiff_jax.evaluate.AseEvaluator`.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -26,8 +25,6 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 from godiff_jax.system import System
-
-logger = logging.getLogger(__name__)
 
 EnergyFactory = Callable[[np.ndarray, np.ndarray, np.ndarray], Callable[[jnp.ndarray], Any]]
 
@@ -216,33 +213,3 @@ def _emt_factory(numbers, cell, pbc):
 def EMTCalculator(**kwargs) -> JaxCalculator:  # noqa: N802 (mirrors ase's EMT())
     """The JAX EMT as an ASE calculator: a drop-in for `ase.calculators.emt.EMT()`."""
     return JaxCalculator(_emt_factory, **kwargs)
-
-
-# --------------------------------------------------------------------------------------
-# Host-side batch evaluation with any ASE calculator
-# --------------------------------------------------------------------------------------
-
-
-def evaluate_with_calculator(
-    system: System,
-    mobile_positions,
-    calculator: Calculator,
-    n_workers: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Energies [B] (eV), mobile forces [B, M, 3] (eV/Å) and valid [B] with an ASE calculator.
-
-    `mobile_positions` is [B, M, 3] (or one [M, 3] structure, treated as B = 1). A structure
-    whose calculation raises, or gives a non-finite energy or forces, is invalid: energy
-    NaN, forces zero, and the batch goes on; a warning says how many failed and the first
-    error. `n_workers > 1` spreads the batch over a pool of processes (spawned, each with
-    a pickled copy of the calculator): worth it only for expensive calculators. The
-    evaluator behind it is `godiff_jax.evaluate.AseEvaluator`.
-    """
-    from godiff_jax.evaluate import AseEvaluator
-
-    xs = np.asarray(mobile_positions, dtype=float)
-    if xs.ndim == 2:
-        xs = xs[None]
-    with AseEvaluator(calculator, n_workers=max(1, n_workers or 1)) as evaluator:
-        out = evaluator(system, xs, np.ones(len(xs), bool))
-    return out.energies, out.forces, out.valid

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import typing
 from collections.abc import Callable
@@ -145,5 +146,164 @@ def summarise(workdir: Path, seeds: list[int], state, wall: float) -> None:
     print(f"successes: {n_succ}/{len(seeds)}")
 
 
+def _command_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="godiff",
+        description="GO-Diff: data-free diffusion for global structure optimisation.",
+    )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="start (or continue) a search from a TOML config file")
+    r.add_argument("config", help="the run's TOML file (see the README)")
+    r.add_argument("--workdir", default=None, help="run directory (default: [run] workdir)")
+    r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: [run])")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a setting by dotted name, e.g. training.train_steps=500",
+    )
+    for q in (r, sub.add_parser("resume", help="continue the search in a run directory")):
+        q.add_argument("--iterations", type=int, default=None, help="stop after this many")
+        q.add_argument("--no-progress", action="store_true")
+    sub.choices["resume"].add_argument("workdir", help="a run directory made by godiff run")
+    rep = sub.add_parser("report", help="summary of a run directory")
+    rep.add_argument("workdir")
+    sub.add_parser("systems", help="the built-in systems and energy models")
+    return p
+
+
+RUN_RECORD = "run.json"  # what `godiff resume` needs: the TOML as read, overrides, seeds
+
+
+def _run_spec(args):
+    from godiff_jax.run_config import ConfigError, load_run, spec_from_dict
+
+    if args.command == "run":
+        overrides = {}
+        for item in args.set:
+            name, sep, text = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item!r}: expected NAME=VALUE")
+            try:
+                overrides[name] = _parse_value(text, field_type(name))
+            except KeyError as err:
+                raise ConfigError(f"--set {item!r}: {err.args[0]}") from None
+            except ValueError as err:
+                raise ConfigError(f"--set {item!r}: {err}") from None
+        spec = load_run(args.config, overrides, args.workdir, args.seeds)
+        record = {
+            "config": spec.source,
+            "base_dir": str(Path(args.config).resolve().parent),
+            "overrides": overrides,
+            "seeds": spec.seeds,
+            "workdir": str(spec.workdir),
+        }
+        return spec, record
+    path = Path(args.workdir) / RUN_RECORD
+    if not path.exists():
+        raise ConfigError(f"{args.workdir} holds no run made by `godiff run` (no {RUN_RECORD})")
+    record = json.loads(path.read_text())
+    spec = spec_from_dict(
+        record["config"],
+        record["base_dir"],
+        record["overrides"],
+        args.workdir,
+        len(record["seeds"]),
+    )
+    return spec, record
+
+
+def _command_run(args) -> None:
+    from godiff_jax.run_config import make_evaluator, success_test
+
+    spec, record = _run_spec(args)
+    spec.workdir.mkdir(parents=True, exist_ok=True)
+    io.write_config(spec.workdir, spec.config)  # refuses a directory of another run
+    path = spec.workdir / RUN_RECORD
+    if args.command == "run" and path.exists():
+        old = json.loads(path.read_text())
+        if (
+            old["seeds"] != record["seeds"]
+            or old["config"].get("system") != record["config"].get("system")
+            or old["config"].get("energy") != record["config"].get("energy")
+        ):
+            raise ValueError(
+                f"{spec.workdir} holds a run of another system, energy model or seeds; "
+                "use a new --workdir, or `godiff resume` to continue it"
+            )
+    io.atomic_write(path, json.dumps(record, indent=2).encode())
+    keep_heap_memory()
+    print(f"{spec.system.name}: {len(spec.seeds)} seed(s) {spec.seeds}, workdir {spec.workdir}")
+    evaluator = make_evaluator(spec)
+    t0 = time.perf_counter()
+    try:
+        state = run(
+            spec.system,
+            spec.config,
+            spec.workdir,
+            evaluator=evaluator,
+            seeds=spec.seeds,
+            success_fn=success_test(spec),
+            max_iterations=args.iterations,
+            progress=not args.no_progress,
+        )
+    finally:
+        close = getattr(evaluator, "close", None)
+        if close is not None:
+            close()
+    summarise(spec.workdir, spec.seeds, state, time.perf_counter() - t0)
+
+
+def _command_report(args) -> None:
+    workdir = Path(args.workdir)
+    rows = io.read_metrics(workdir)
+    if not rows:
+        raise ValueError(f"{workdir} holds no run (no {io.METRICS} with rows)")
+    seeds = sorted({r["seed"] for r in rows})
+    last = {s: [r for r in rows if r["seed"] == s][-1] for s in seeds}
+    print(f"{workdir}: {len(seeds)} seed(s), {max(r['iteration'] for r in rows) + 1} iterations")
+    print("seed  evaluations  best_energy_eV  first_success_eval")
+    for s, r in last.items():
+        fs = r["first_success_evaluation"]
+        print(f"{s:4d}  {r['evaluations']:11d}  {r['best_energy']:14.4f}  {fs or '-':>18}")
+    n = sum(r["first_success_evaluation"] is not None for r in last.values())
+    print(f"successes: {n}/{len(seeds)}")
+    print("(figures and structure files: `godiff report` grows them with the baselines issue)")
+
+
+def _command_systems(args) -> None:
+    from godiff_jax.run_config import BUILTIN, ENERGY_MODELS
+
+    print("built-in systems ([system] builtin = NAME):")
+    for name, make in BUILTIN.items():
+        system = make()
+        print(
+            f"  {name:10s} {system.formula} on {system.n_template} template atoms "
+            f"({system.mode}); {(make.__doc__ or '').strip().splitlines()[0]}"
+        )
+    print("energy models ([energy] model = NAME):")
+    for name, text in ENERGY_MODELS.items():
+        print(f"  {name:18s} {text}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    raise SystemExit("the `godiff` command comes later; run experiments/heptamer.py or adatom.py")
+    """The `godiff` command: run, resume, report, systems."""
+    from godiff_jax.checkpoint import CheckpointError
+    from godiff_jax.run_config import ConfigError
+
+    args = _command_parser().parse_args(argv)
+    commands = {
+        "run": _command_run,
+        "resume": _command_run,
+        "report": _command_report,
+        "systems": _command_systems,
+    }
+    try:
+        commands[args.command](args)
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
+        if args.debug:
+            raise
+        print(f"godiff {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import numpy as np
 
+from godiff_jax.ase_interop import to_atoms
 from godiff_jax.system import System
 
 # energy_fn(mobile_positions [M, 3] Å) -> total energy (eV); forces come from jax.grad.
@@ -135,8 +136,6 @@ def _jit_batch(evaluator: JaxEvaluator) -> Callable:
 
 def evaluate_one(system: System, x: np.ndarray, calculator: Any) -> Result:
     """One structure with an ASE calculator; any failure is a Result with its reason."""
-    from godiff_jax.ase_interop import to_atoms
-
     try:
         calculator.reset()
         atoms = to_atoms(system, x)
@@ -217,3 +216,26 @@ class AseEvaluator:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             logger.warning(msg)
         return _assemble(len(xs), system.n_mobile, results, ok)
+
+
+def evaluate_with_calculator(
+    system: System,
+    mobile_positions,
+    calculator: Any,
+    n_workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Energies [B] (eV), mobile forces [B, M, 3] (eV/Å) and valid [B] with an ASE calculator.
+
+    `mobile_positions` is [B, M, 3] (or one [M, 3] structure, treated as B = 1). A structure
+    whose calculation raises, or gives a non-finite energy or forces, is invalid: energy
+    NaN, forces zero, and the batch goes on; a warning says how many failed and the first
+    error. `n_workers > 1` spreads the batch over a pool of processes (spawned, each with
+    a pickled copy of the calculator): worth it only for expensive calculators. It is
+    `AseEvaluator` on one batch.
+    """
+    xs = np.asarray(mobile_positions, dtype=float)
+    if xs.ndim == 2:
+        xs = xs[None]
+    with AseEvaluator(calculator, n_workers=max(1, n_workers or 1)) as evaluator:
+        out = evaluator(system, xs, np.ones(len(xs), bool))
+    return out.energies, out.forces, out.valid

@@ -255,7 +255,7 @@ def image_distances(p1: jax.Array, p2: jax.Array, cell, pbc) -> jax.Array:
     pbc = tuple(bool(p) for p in pbc)
     if not any(pbc):
         displacement, _ = space.free()
-        return space.distance(space.map_product(displacement)(p2, p1)).T[None]
+        return space.distance(space.map_product(displacement)(p2, p1))[None]  # [1, A, B]
     diff = p2[None, :, :] - p1[:, None, :]  # [A, B, 3]
     cell = np.asarray(cell, dtype=float)
     if abs(np.linalg.det(cell)) < 1e-12:

@@ -20,7 +20,7 @@ DATABASE = "structures.db"
 METRICS = "metrics.jsonl"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename over `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -61,7 +61,7 @@ def write_config(workdir: Path, config: Any) -> None:
                 "use a new --workdir or the same settings to resume"
             )
         return
-    _atomic_write(path, json.dumps(new, indent=2).encode())
+    atomic_write(path, json.dumps(new, indent=2).encode())
 
 
 def append_metrics(workdir: Path, rows: list[dict]) -> None:
@@ -78,27 +78,61 @@ def read_metrics(workdir: Path) -> list[dict]:
 
 
 def truncate_outputs(workdir: Path, iteration: int) -> None:
-    """Drop database rows and metrics of iterations >= `iteration` (an interrupted one)."""
+    """The resume rule: metrics of iterations >= `iteration` (the interrupted one) are
+    dropped; database rows of later iterations too, but the interrupted iteration's rows
+    stay: they are evaluations already paid for, which `read_evaluations` hands back to the
+    evaluator and the iteration's end rewrites complete."""
     workdir = Path(workdir)
     if (workdir / DATABASE).exists():
         with ase.db.connect(workdir / DATABASE) as db:
-            ids = [row.id for row in db.select(f"iteration>={iteration}")]
+            ids = [row.id for row in db.select(f"iteration>{iteration}")]
             if ids:
                 db.delete(ids)
     rows = [r for r in read_metrics(workdir) if r["iteration"] < iteration]
-    _atomic_write(workdir / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    atomic_write(workdir / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
-def write_structures(
-    workdir: Path,
-    system: System,
-    positions: np.ndarray,
-    energies: np.ndarray,
-    forces: np.ndarray,
-    keys: list[dict],
-) -> None:
-    """Add evaluated structures to the ASE database (`ase db structures.db` lists them)."""
+def _atoms(system: System, x, energy, forces):
+    if energy is None or not np.isfinite(energy):  # a failed evaluation: positions only
+        return to_atoms(system, np.asarray(x, float))
+    return to_atoms(system, np.asarray(x, float), energy=float(energy), forces=np.asarray(forces))
+
+
+def write_evaluation(workdir: Path, system: System, x, energy, forces, keys: dict) -> None:
+    """One evaluated structure, committed at once (a kill after this loses nothing)."""
     with ase.db.connect(Path(workdir) / DATABASE) as db:
-        for x, e, f, kv in zip(positions, energies, forces, keys, strict=True):
-            atoms = to_atoms(system, np.asarray(x, float), energy=float(e), forces=np.asarray(f))
-            db.write(atoms, **kv)
+        db.write(_atoms(system, x, energy, forces), **keys)
+
+
+def read_evaluations(workdir: Path, system: System, iteration: int) -> dict[int, dict[int, tuple]]:
+    """{seed: {index in the batch: (energy, mobile forces, reason)}} of the evaluations an
+    iteration already has in the database (to resume it without recomputing them): a row
+    with an energy gives (energy, forces, None), a failed one (NaN, zeros, its reason)."""
+    path = Path(workdir) / DATABASE
+    out: dict[int, dict[int, tuple]] = {}
+    if not path.exists():
+        return out
+    with ase.db.connect(path) as db:
+        for row in db.select(iteration=iteration):
+            if "index" not in row.key_value_pairs:
+                continue  # written by an older version: no batch position
+            if "energy" in row:
+                item = (float(row.energy), np.asarray(row.forces)[system.n_template :], None)
+            else:
+                reason = row.key_value_pairs.get("reason", "failed")
+                item = (np.nan, np.zeros((system.n_mobile, 3)), reason)
+            out.setdefault(int(row.seed), {})[int(row.index)] = item
+    return out
+
+
+def replace_iteration(
+    workdir: Path, system: System, iteration: int, seeds: list[int], structures: list[tuple]
+) -> None:
+    """The iteration's rows of these seeds, rewritten complete in one transaction:
+    structures are (positions, energy or NaN, forces, keys)."""
+    with ase.db.connect(Path(workdir) / DATABASE) as db:
+        ids = [r.id for r in db.select(iteration=iteration) if r.seed in seeds]
+        if ids:
+            db.delete(ids)
+        for x, e, f, kv in structures:
+            db.write(_atoms(system, x, e, f), **kv)

@@ -54,6 +54,7 @@ def weighted_dsm_loss(
     key: jax.Array,
     x0: jax.Array,
     weights: jax.Array,
+    *,
     sde: VESDE = VESDE(),
     convention: ScoreConvention = "reference",
     t_min: float = 1e-5,

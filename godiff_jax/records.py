@@ -2,8 +2,9 @@
 
 `IterationRecord` is one iteration on the host (numpy, a leading seed axis): the sampled
 batch, its one validity mask (`IterationInfo.valid`), the state's counters and the clock.
-`write_structures` puts exactly the valid structures in the database; `first_successes`
-applies the success test to exactly those; `metrics_rows` writes one row per seed.
+`write_structures` puts every evaluated structure in the database, valid=1 exactly for
+the valid ones; `first_successes` applies the success test to exactly those;
+`metrics_rows` writes one row per seed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from godiff_jax import io
+from godiff_jax.evaluate import NONFINITE
 from godiff_jax.system import System
 
 
@@ -56,31 +58,46 @@ class IterationRecord(NamedTuple):
     n_evaluations: np.ndarray  # [S] after it
     archive_best: np.ndarray  # [S] eV, lowest valid energy archived so far (NaN if none)
     seconds: tuple[float, float, float]  # sampling, evaluating, training
+    reasons: list | None = None  # [S][N] the evaluator's reason per failed structure
 
     def evaluation_index(self, s: int) -> np.ndarray:
         """[N] the run's evaluation number of each structure of seed s."""
         return self.prev_evaluations[s] + np.cumsum(self.ok[s])
 
 
+def _reason(rec: IterationRecord, s: int, i: int) -> str:
+    if rec.reasons is not None and rec.reasons[s][i] is not None:
+        return rec.reasons[s][i]
+    if not np.isfinite(rec.energies[s][i]) or not np.all(np.isfinite(rec.forces[s][i])):
+        return NONFINITE
+    return "below energy_floor"
+
+
 def write_structures(workdir: Path, system: System, rec: IterationRecord) -> None:
-    """The valid structures of every seed into structures.db, with their Boltzmann weight
-    against the archive's best at this iteration's kT."""
+    """Every evaluated structure of every seed into structures.db (replacing the rows the
+    iteration wrote as results came): valid ones with their Boltzmann weight against the
+    archive's best at this iteration's kT, the others with valid=0 and their reason."""
+    structures = []
     for s, seed in enumerate(rec.seeds):
         kT = float(rec.info.kT[s])
-        idx = np.flatnonzero(rec.info.valid[s])
         order = rec.evaluation_index(s)
+        valid = rec.info.valid[s]
         e = rec.energies[s]
-        keys = [
-            {
+        for i in np.flatnonzero(rec.ok[s]):
+            keys = {
                 "iteration": rec.k,
                 "kT": kT,
                 "seed": seed,
                 "evaluation": int(order[i]),
-                "weight": float(np.exp(-(e[i] - rec.archive_best[s]) / kT)),
+                "index": int(i),
+                "valid": bool(valid[i]),
             }
-            for i in idx
-        ]
-        io.write_structures(workdir, system, rec.x[s, idx], e[idx], rec.forces[s, idx], keys)
+            if valid[i]:
+                keys["weight"] = float(np.exp(-(e[i] - rec.archive_best[s]) / kT))
+            else:
+                keys["reason"] = _reason(rec, s, i)
+            structures.append((rec.x[s, i], e[i], rec.forces[s, i], keys))
+    io.replace_iteration(workdir, system, rec.k, rec.seeds, structures)
 
 
 def first_successes(

@@ -27,6 +27,8 @@ def read_evaluated(workdir: Path, system: System) -> dict[int, dict[str, np.ndar
     out: dict[int, dict[str, list]] = {}
     with ase.db.connect(Path(workdir) / io.DATABASE) as db:
         for row in db.select():
+            if not row.get("valid", True):
+                continue  # failed, non-finite or below energy_floor: not a candidate
             d = out.setdefault(int(row.seed), {"evaluation": [], "energy": [], "x": [], "it": []})
             d["evaluation"].append(int(row.evaluation))
             d["energy"].append(float(row.energy))

@@ -3,6 +3,13 @@
 Per iteration: the jitted sample phase (all seeds vmapped) -> the evaluator (inside the
 same kind of jitted phase for a `JaxEvaluator`, on the host for any other) -> the jitted
 update phase -> records (structures.db, metrics.jsonl, first successes) -> checkpoint.
+
+Nothing evaluated is lost: a host evaluator's results go to structures.db one by one as
+they arrive; after a crash, resuming samples the interrupted iteration again (the same
+key, so the same structures) and hands the results already in the database back to the
+evaluator, which does not recompute them (failed ones keep their reason and are not
+retried). A JAX evaluator's batch is recomputed instead: it is exact and cheap. The end of
+each iteration rewrites its rows complete (weights, validity) in one transaction.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +26,7 @@ import numpy as np
 
 from godiff_jax import checkpoint, io, records
 from godiff_jax.config import SearchConfig
-from godiff_jax.evaluate import Evaluator, JaxEvaluator
+from godiff_jax.evaluate import Evaluator, JaxEvaluator, Result
 from godiff_jax.records import IterationRecord, RunClock
 from godiff_jax.search import GODiff, RunState, SuccessFn
 from godiff_jax.system import System
@@ -107,17 +115,39 @@ def _start(search: GODiff, workdir: Path, seeds: list[int], init_params):
     return state, RunClock.from_meta(meta, len(seeds)), start
 
 
-def _evaluate_on_host(evaluator: Evaluator, system: System, x, ok):
-    """Energies [S, N] and forces [S, N, M, 3] of every seed's batch (NaN: not evaluated)."""
+class _HostBatch(NamedTuple):
+    """What the host evaluation of one iteration needs to name and write each result."""
+
+    workdir: Path
+    system: System
+    k: int
+    seeds: list[int]
+    prev_evaluations: np.ndarray  # [S]
+    known: dict  # {seed: {index: (energy, forces, reason)}} already in the database
+
+
+def _evaluate_on_host(evaluator: Evaluator, batch: _HostBatch, x, ok):
+    """Energies [S, N], forces [S, N, M, 3] (NaN: not evaluated or failed) and reasons of
+    every seed's batch; each new result is written to the database as it arrives."""
     xs, oks = np.asarray(x), np.asarray(ok)
     e = np.full(oks.shape, np.nan)
     f = np.zeros(xs.shape)
-    for s in range(len(xs)):
-        if oks[s].any():
-            out = evaluator(system, xs[s], oks[s])
-            e[s] = np.where(out.valid, out.energies, np.nan)
-            f[s] = out.forces
-    return jnp.asarray(e, jnp.float32), jnp.asarray(f, jnp.float32)
+    reasons: list[tuple] = []
+    for s, seed in enumerate(batch.seeds):
+        order = batch.prev_evaluations[s] + np.cumsum(oks[s])
+        known = {i: Result(*r) for i, r in batch.known.get(seed, {}).items() if oks[s][i]}
+
+        def write(i: int, r: Result, s=s, seed=seed, order=order) -> None:
+            keys = {"iteration": batch.k, "seed": seed, "index": i, "evaluation": int(order[i])}
+            if r.reason is not None:
+                keys["reason"] = r.reason
+            io.write_evaluation(batch.workdir, batch.system, xs[s, i], r.energy, r.forces, keys)
+
+        out = evaluator(batch.system, xs[s], oks[s], known=known, on_result=write)
+        e[s] = np.where(out.valid, out.energies, np.nan)
+        f[s] = out.forces
+        reasons.append(out.reasons)
+    return jnp.asarray(e, jnp.float32), jnp.asarray(f, jnp.float32), reasons
 
 
 def _archive_best(state: RunState) -> np.ndarray:
@@ -172,12 +202,15 @@ def run(
         t0 = time.perf_counter()
         x, ok = jax.block_until_ready(sample_fn(state))
         t1 = time.perf_counter()
+        prev = np.asarray(state.n_evaluations)
+        reasons = None
         if eval_fn is not None:
             e, f = jax.block_until_ready(eval_fn(x))
         else:
-            e, f = _evaluate_on_host(evaluator, system, x, ok)
+            known = io.read_evaluations(workdir, system, k) if k == start else {}
+            host = _HostBatch(workdir, system, k, seeds, prev, known)
+            e, f, reasons = _evaluate_on_host(evaluator, host, x, ok)
         t2 = time.perf_counter()
-        prev = np.asarray(state.n_evaluations)
         state, info = jax.block_until_ready(update_fn(state, x, e, f, ok))
         seconds = (t1 - t0, t2 - t1, time.perf_counter() - t2)
         rec = IterationRecord(
@@ -192,6 +225,7 @@ def run(
             n_evaluations=np.asarray(state.n_evaluations),
             archive_best=_archive_best(state),
             seconds=seconds,
+            reasons=reasons,
         )
         state, clock = _record(workdir, system, config, rec, state, clock, success_fn)
         meta = {"seeds": seeds, "iteration": k + 1, "clock": clock.to_meta()}

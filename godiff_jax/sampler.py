@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +14,18 @@ from godiff_jax.system import System
 
 # score(x [B, M, 3] Å, t [B]) -> [B, M, 3]; parameters are closed over by the caller.
 BoundScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
-# corrector(x, t, dt, state) -> (x, state): an optional step after each predictor step
-# (force-field guidance), with state carried through the scan.
-Corrector = Callable[[jax.Array, jax.Array, jax.Array, object], tuple[jax.Array, object]]
+
+
+class Corrector(NamedTuple):
+    """An optional step after each predictor step (force-field guidance), optax-style.
+
+    init(x [B, M, 3]) -> state, before the first step; update(x, t, dt, state) ->
+    (x, state) after each predictor step, the state carried through the scan (e.g. an
+    L-BFGS memory per structure).
+    """
+
+    init: Callable[[jax.Array], object]
+    update: Callable[[jax.Array, jax.Array, jax.Array, object], tuple[jax.Array, object]]
 
 
 def reverse_times(n_steps: int = 500, t_end: float = 0.005) -> tuple[jax.Array, float]:
@@ -30,19 +40,20 @@ def reverse_sample(
     score_fn: BoundScoreFn,
     system: System,
     n_samples: int,
+    *,
     n_steps: int = 500,
     t_end: float = 0.005,
     sde: VESDE = VESDE(),
     x_init: jax.Array | None = None,
     corrector: Corrector | None = None,
-    corrector_state: object = None,
     confine: bool = True,
     truncate_z: bool = False,
 ) -> jax.Array:
     """Draw n_samples structures [n_samples, M, 3] (Å) from the reverse SDE.
 
     Starts from the uniform prior in the box (or `x_init`), then for each t_i:
-    x <- x + g^2 s dt + g sqrt(dt) z (no noise on the last step), an optional corrector,
+    x <- x + g^2 s dt + g sqrt(dt) z (no noise on the last step), an optional corrector
+    (`Corrector`),
     then z is clamped into the box and x/y wrapped into the cell. `truncate_z` draws the
     noise of each bounded coordinate from a normal truncated so that the step lands in the
     box (as the reference's sampler does) before the clamp.
@@ -72,11 +83,12 @@ def reverse_sample(
             z = jnp.where(bounded, zt, z)
         x = mean + std * z
         if corrector is not None:
-            x, cstate = corrector(x, t, jnp.asarray(dt, x.dtype), cstate)
+            x, cstate = corrector.update(x, t, jnp.asarray(dt, x.dtype), cstate)
         if confine:
             x = system.confine(x)
         return (x, cstate), None
 
     keys = jax.random.split(key_steps, n_steps)
-    (x, _), _ = jax.lax.scan(step, (x, corrector_state), (ts, keys, noise_on))
+    cstate = None if corrector is None else corrector.init(x)
+    (x, _), _ = jax.lax.scan(step, (x, cstate), (ts, keys, noise_on))
     return x

@@ -21,6 +21,8 @@ import numpy as np
 from ase.build import fcc111, surface
 from ase.formula import Formula
 
+from godiff_jax import geometry
+
 Mode = Literal["surface", "cluster"]
 
 
@@ -90,9 +92,7 @@ class System:
 
     def confine(self, mobile_positions: jnp.ndarray) -> jnp.ndarray:
         """Clamp into the box and wrap x/y into the periodic cell (surface mode)."""
-        from godiff_jax.geometry import confine
-
-        return confine(self, mobile_positions)
+        return geometry.confine(self, mobile_positions)
 
     def box_volume(self) -> float:
         """Volume (Å^3) the mobile atoms are confined to."""

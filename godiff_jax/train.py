@@ -146,6 +146,7 @@ def train_steps(
     weights: jax.Array,
     n_steps: int,
     batch_size: int,
+    *,
     sde: VESDE = VESDE(),
     convention: ScoreConvention = "reference",
     bounds: tuple[jax.Array, jax.Array] | None = None,
@@ -168,22 +169,48 @@ def train_steps(
     """
     k = positions.shape[0]
     key_perm, key_loss = jax.random.split(key)
-    key_split = jax.random.fold_in(key, 1)
     if not 0 <= n_holdout < k:
         raise ValueError(f"n_holdout must be in [0, {k}), got {n_holdout}")
+    held_out = None
     if n_holdout:
-        order = jax.random.permutation(key_split, k)
-        val_x, val_w = positions[order[:n_holdout]], weights[order[:n_holdout]]
+        order = jax.random.permutation(jax.random.fold_in(key, 1), k)
+        held_out = (positions[order[:n_holdout]], weights[order[:n_holdout]])
         positions, weights = positions[order[n_holdout:]], weights[order[n_holdout:]]
-        k -= n_holdout
-    batch_size = min(batch_size, k)
-    steps_per_epoch = max(1, k // batch_size)
 
     def loss_fn(p, kk, x, w):
         return weighted_dsm_loss(
-            score_fn, p, kk, x, w, sde, convention, bounds=bounds, node_fraction=node_fraction
+            score_fn,
+            p,
+            kk,
+            x,
+            w,
+            sde=sde,
+            convention=convention,
+            bounds=bounds,
+            node_fraction=node_fraction,
         )
 
+    one_step = _step_fn(
+        optimizer,
+        loss_fn,
+        (key_perm, key_loss),
+        (positions, weights),
+        batch_size,
+        held_out,
+        stop is not None,
+    )
+    if stop is None:
+        return jax.lax.scan(one_step, state, jnp.arange(n_steps))
+    return _steps_until_stop(one_step, state, n_steps, stop)
+
+
+def _step_fn(optimizer, loss_fn, keys, data, batch_size, held_out, track_consensus):
+    """One optimizer step (state, i) -> (state, StepStats) on minibatches of `data`."""
+    key_perm, key_loss = keys
+    positions, weights = data
+    k = positions.shape[0]
+    batch_size = min(batch_size, k)
+    steps_per_epoch = max(1, k // batch_size)
     loss_and_grad = jax.value_and_grad(loss_fn)
 
     def one_step(state: TrainState, i: jax.Array):
@@ -193,30 +220,32 @@ def train_steps(
         idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
         key_step = jax.random.fold_in(key_loss, step)
         loss, grads = loss_and_grad(state.params, key_step, positions[idx], weights[idx])
-        if n_holdout:
-            val = loss_fn(state.params, jax.random.fold_in(key_step, 1), val_x, val_w)
+        if held_out is not None:
+            val = loss_fn(state.params, jax.random.fold_in(key_step, 1), *held_out)
         else:
             val = jnp.full((), jnp.nan, loss.dtype)
         gnorm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & (jnp.isfinite(val) | (n_holdout == 0))
+        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & (jnp.isfinite(val) | (held_out is None))
         grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
-        value = jnp.where(finite, val if n_holdout else loss, 0.0)
+        value = jnp.where(finite, loss if held_out is None else val, 0.0)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=value)
         params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
             lambda a, b: jnp.where(finite, a, b), new, old
         )
         new = TrainState(keep(params, state.params), keep(opt_state, state.opt_state), step + 1)
-        if stop is None:
+        if not track_consensus:
             cos = jnp.full((), jnp.nan, loss.dtype)
         else:
             mu = _first_moment(state.opt_state)
             cos = jnp.where(finite, _cosine(grads, mu), jnp.nan) if mu is not None else jnp.nan
         return new, StepStats(loss, gnorm, ~finite, val, jnp.ones((), bool), cos)
 
-    if stop is None:
-        return jax.lax.scan(one_step, state, jnp.arange(n_steps))
+    return one_step
 
+
+def _steps_until_stop(one_step, state: TrainState, n_steps: int, stop: StopRule):
+    """`one_step` in a while loop until the stop rule fires or n_steps are done."""
     blank = jax.eval_shape(one_step, state, 0)[1]
     stats0 = jax.tree_util.tree_map(
         lambda a: jnp.full((n_steps, *a.shape), jnp.nan if a.dtype != bool else False, a.dtype),

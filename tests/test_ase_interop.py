@@ -16,10 +16,10 @@ from godiff_jax import ase_interop
 from godiff_jax.ase_interop import (
     EMTCalculator,
     JaxCalculator,
-    evaluate_with_calculator,
     from_atoms,
     to_atoms,
 )
+from godiff_jax.evaluate import evaluate_with_calculator
 from godiff_jax.system import make_cluster_system, pt111_heptamer, stepped_pt_adatom
 
 DATA = Path(__file__).parent / "data"

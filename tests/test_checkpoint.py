@@ -1,8 +1,10 @@
 """Checkpoints hold arrays only: no unpickling, versioned, verified, with a fallback."""
 
+import json
 import pickle
 import random
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -30,8 +32,7 @@ class _Payload:
 
 
 def _leaves_equal(a, b):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    chex.assert_trees_all_equal(a, b)  # same structure, every leaf bitwise equal
 
 
 @pytest.mark.parametrize("name", [checkpoint.CHECKPOINT, checkpoint.LEGACY_CHECKPOINT])
@@ -136,3 +137,32 @@ def test_legacy_converter_needs_the_users_word(system, tmp_path, monkeypatch):
     assert np.isnan(np.asarray(got.kT)).all()
     _leaves_equal(state.archive, got.archive)
     _leaves_equal(state.train.params, got.train.params)
+
+
+def test_checkpoint_with_the_clock_in_the_state_resumes(system, tmp_path):
+    """A msgpack checkpoint written while RunState held elapsed_s / first_success_s (the
+    clock) resumes: the clock moves to the metadata and the time keeps counting."""
+    from godiff_jax import io, legacy
+
+    full = run_emt(system, TINY3, tmp_path / "full", seeds=0, progress=False)
+    state = run_emt(system, TINY3, tmp_path / "old", seeds=0, progress=False, max_iterations=1)
+    old = legacy.LegacyRunState(
+        *jax.tree_util.tree_map(np.asarray, state)[:6],
+        first_success_s=np.array([np.nan], np.float32),
+        elapsed_s=np.array([1000.0], np.float32),
+        kT=np.asarray(state.kT),
+    )
+    checkpoint.save_checkpoint(tmp_path / "old", old, {"seeds": [0], "iteration": 1})
+    # ... and its config.json was flat then: it still names the same settings.
+    flat = {
+        k: v
+        for section in TINY3.to_dict().values()
+        if isinstance(section, dict)
+        for k, v in section.items()
+    }
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"n_iterations": 3, **flat}))
+    resumed = run_emt(system, TINY3, tmp_path / "old", seeds=0, progress=False)
+    _leaves_equal(full.archive, resumed.archive)
+    rows = io.read_metrics(tmp_path / "old")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert rows[1]["seconds_total"] > 1000.0

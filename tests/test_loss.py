@@ -38,7 +38,7 @@ def test_weighted_loss_matches_numpy(convention):
         return params * (x @ lin) * t[:, None, None]
 
     key = jax.random.PRNGKey(4)
-    loss = weighted_dsm_loss(score_fn, 0.7, key, x0, w, sde, convention)
+    loss = weighted_dsm_loss(score_fn, 0.7, key, x0, w, sde=sde, convention=convention)
 
     # NumPy version of the same draw: t ~ U[1e-5, 1], z ~ N(0, I) per structure
     key_t, key_z = jax.random.split(key)

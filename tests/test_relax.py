@@ -96,3 +96,24 @@ def test_max_steps_and_confine():
     res_0 = relax(energy_fn, res_u.positions, fmax=0.01)
     assert int(res_0.n_steps) == 0
     np.testing.assert_array_equal(np.asarray(res_0.positions), np.asarray(res_u.positions))
+
+
+def test_fire_init_and_step_in_a_scan_equal_relax():
+    from godiff_jax.relax import energy_forces_fn, fire_init, fire_step
+
+    system = stepped_pt_adatom()
+    energy_fn = emt_energy_fn(system)
+    x0 = jnp.array([[4.0, 3.0, system.box_lo[2] + 2.0]])
+    n = 25
+    ref = relax(energy_fn, x0, fmax=1e-9, max_steps=n)  # never converges: n steps
+    ef = energy_forces_fn(energy_fn)
+
+    @jax.jit
+    def scanned(x):
+        state, _ = jax.lax.scan(lambda s, _: (fire_step(s, ef), None), fire_init(ef, x), None, n)
+        return state
+
+    out = scanned(x0)
+    assert int(out.step) == int(ref.n_steps) == n
+    np.testing.assert_array_equal(np.asarray(out.x), np.asarray(ref.positions))
+    np.testing.assert_array_equal(np.asarray(out.energy), np.asarray(ref.energy))

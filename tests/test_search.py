@@ -3,6 +3,7 @@
 import json
 
 import ase.db
+import chex
 import jax
 import numpy as np
 import pytest
@@ -20,8 +21,7 @@ def system():
 
 
 def _leaves_equal(a, b):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    chex.assert_trees_all_equal(a, b)  # same structure, every leaf bitwise equal
 
 
 def test_two_iterations_end_to_end(system, tmp_path):
@@ -38,7 +38,8 @@ def test_two_iterations_end_to_end(system, tmp_path):
     assert np.isfinite(rows[-1]["best_energy"]) and np.isfinite(rows[-1]["loss_mean"])
     assert json.loads((tmp_path / "config.json").read_text())["sampler"]["n_samples"] == 6
     with ase.db.connect(tmp_path / "structures.db") as db:
-        stored = list(db.select())
+        stored = list(db.select(valid=1))
+        assert db.count() == n_eval  # every evaluated structure, valid or not
     assert len(stored) == int(np.sum(np.asarray(state.archive.valid[0])))
     row = stored[0]
     assert row.natoms == 21 and row.seed == 0 and row.iteration in (0, 1)
@@ -121,7 +122,7 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
         _check_controllers(io.read_metrics(tmp_path / "full"))
     # the interrupted iteration's partial rows were dropped: one row per evaluated structure
     with ase.db.connect(tmp_path / "cut" / "structures.db") as db:
-        assert db.count() == int(np.sum(np.asarray(resumed.archive.valid)))
+        assert db.count(valid=1) == int(np.sum(np.asarray(resumed.archive.valid)))
     assert [r["iteration"] for r in io.read_metrics(tmp_path / "cut")] == [0, 1]
 
 
@@ -248,8 +249,8 @@ def test_non_finite_parameters_are_reported_not_counted_as_too_close(system, tmp
 
 
 def test_energy_floor_rejects_are_not_written_nor_successes(system, tmp_path):
-    """One validity mask: structures below energy_floor are neither in structures.db nor
-    handed to the success test as valid."""
+    """One validity mask: structures below energy_floor are neither in structures.db as
+    valid nor handed to the success test as valid."""
     seen = []
 
     def success(positions, energies, valid):
@@ -260,7 +261,8 @@ def test_energy_floor_rejects_are_not_written_nor_successes(system, tmp_path):
     config = TINY.replace(energy_floor=floor_at)
     state = run_emt(system, config, tmp_path, seeds=0, progress=False, success_fn=success)
     with ase.db.connect(tmp_path / "structures.db") as db:
-        stored = [row.energy for row in db.select()]
+        stored = [row.energy for row in db.select(valid=1)]
+        rejected_rows = [row for row in db.select(valid=0)]
     assert all(e > floor_at for e in stored)
     assert len(stored) == int(np.sum(np.asarray(state.archive.valid)))
     for energies, valid in seen:
@@ -269,3 +271,6 @@ def test_energy_floor_rejects_are_not_written_nor_successes(system, tmp_path):
     rejected = sum(r["n_invalid_energy"] for r in rows)
     assert rejected == sum(r["n_sampled"] - r["n_too_close"] for r in rows) - len(stored)
     assert rejected >= 1 and len(stored) >= 1
+    # the rejects are recorded, marked invalid with their reason
+    assert len(rejected_rows) == rejected
+    assert all(r.reason == "below energy_floor" and r.energy <= floor_at for r in rejected_rows)

@@ -224,3 +224,25 @@ def test_adaptive_temperature_hand_computed():
     assert float(heat) == pytest.approx(0.3125) and float(kT) == pytest.approx(1.0)
     kT, _ = adaptive_temperature(e, valid.at[1:].set(False), jnp.asarray(2.0))
     assert float(kT) == 2.0  # one valid energy: no variance, kT kept
+
+
+def test_temperature_controllers_fill_one_slot():
+    from godiff_jax.schedule import adaptive_temperature, exponential_kT, fixed_temperature
+
+    kTs = exponential_kT(5.0, 0.02, 4)
+    fixed = fixed_temperature(kTs)
+    e = jnp.array([1.0, 2.0, 3.0, 4.0])
+    valid = jnp.ones(4, bool)
+    state = fixed.init()
+    for k in range(4):
+        kT, state = fixed.update(state, jnp.asarray(k), e, valid)
+        assert float(kT) == pytest.approx(kTs[k], rel=1e-6) and float(state) == float(kT)
+    adaptive = adaptive_temperature(5.0)
+    state = adaptive.init()
+    assert np.isnan(float(state))
+    kT, state = adaptive.update(state, 0, e, jnp.zeros(4, bool))  # nothing valid yet
+    assert float(kT) == 5.0 and float(state) == 5.0
+    kT, state = adaptive.update(jnp.asarray(jnp.nan), 0, e, valid)
+    assert float(kT) == pytest.approx(np.sqrt(1.25))  # std of the first valid energies
+    kT, _ = adaptive.update(jnp.asarray(1.0), 1, e, valid)  # C = 1.25 > 1: cool slowly
+    assert float(kT) == pytest.approx(0.95)

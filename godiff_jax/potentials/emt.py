@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import ase.data
 import jax
@@ -225,6 +225,25 @@ def _host_sigmas(
 # The energy model
 
 
+class _Plan(NamedTuple):
+    """Everything the jitted EMT energy closes over (host-side, built once)."""
+
+    images: PeriodicImages
+    cut: _Cutoff
+    n_mob: int
+    n_tmp: int
+    cand: Any  # Candidates of template images per bin (None without a template)
+    mm_pair: np.ndarray  # [M, M, S] a real pair (not an atom with itself)
+    mm: dict  # mobile-mobile constants
+    mob_c: dict  # mobile constants per receiver [M]
+    mob_col: dict  # ... as a column [M, 1] against candidates [M, C]
+    tmp_c: dict  # template constants [T]
+    same_e1: bool  # mobile and template share eta2, s0: one exponential serves both ways
+    same_e2: bool  # ... kappa, s0
+    isolated: np.ndarray  # [T] template atoms with no template neighbour
+    template_energy: float  # eV, the template alone (float64, added last)
+
+
 def _build(
     template_positions: np.ndarray,
     template_numbers: np.ndarray,
@@ -233,6 +252,15 @@ def _build(
     pbc: Sequence[bool] | bool,
     asap_cutoff: bool,
 ) -> EnergyFn:
+    plan = _plan(template_positions, template_numbers, mobile_numbers, cell, pbc, asap_cutoff)
+
+    def energy(mobile_positions: jax.Array) -> jax.Array:
+        return _energy(plan, mobile_positions)
+
+    return energy
+
+
+def _plan(template_positions, template_numbers, mobile_numbers, cell, pbc, asap_cutoff) -> _Plan:
     tnum = np.asarray(template_numbers, dtype=int).reshape(-1)
     mnum = np.asarray(mobile_numbers, dtype=int).reshape(-1)
     tpos = np.asarray(template_positions, dtype=float).reshape(-1, 3)
@@ -258,19 +286,7 @@ def _build(
         - sp_t.V0 / (2.0 * sp_t.gamma2) * s2_tt
         - sp_t.E0
     )
-    # Kept as a Python float and added last: in float32 this large constant would
-    # otherwise swamp the per-structure differences.
-    template_energy = float(np.sum(e_tt))
-
-    # Energy change of template atoms relative to their template-only state. With
-    # ds = ds0 + delta: E_c(ds) - E_c(ds0) = a [b expm1(-lam delta) + lam delta
-    # exp(-lam delta)] and 6 V0 (exp(-kappa ds) - exp(-kappa ds0)) = c expm1(-kappa
-    # delta): exact, zero for untouched atoms, and free of cancellation in float32.
     isolated = s1_tt <= 0.0  # template atoms with no template neighbour at all
-    s1_ref = np.where(isolated, 1.0, s1_tt)
-    ds0 = -np.log(s1_ref / (12.0 * sp_t.gamma1)) / (BETA * sp_t.eta2)
-    any_isolated = bool(isolated.any())
-
     # For each bin of the cell, the template images a mobile atom there can reach.
     cand = images.candidates(tpos) if n_tmp else None
 
@@ -278,6 +294,44 @@ def _build(
     n_shift = len(images.pair_shifts())
     # [M, M, S]: an atom with itself in the zero shift is not a pair.
     mm_pair = ~(np.eye(n_mob, dtype=bool)[:, :, None] & (np.arange(n_shift) == 0))
+    mm, mob_c, mob_col, tmp_c = _constants(sp_m, sp_t, s1_tt, isolated)
+    same_e1 = all(isinstance(d[k], float) for d in (mob_c, tmp_c) for k in ("eta2", "bs0")) and (
+        (mob_c["eta2"], mob_c["bs0"]) == (tmp_c["eta2"], tmp_c["bs0"])
+    )
+    same_e2 = all(isinstance(d[k], float) for d in (mob_c, tmp_c) for k in ("kappa", "s0")) and (
+        (mob_c["kappa"], mob_c["s0"]) == (tmp_c["kappa"], tmp_c["s0"])
+    )
+    # Kept as a Python float and added last: in float32 this large constant would
+    # otherwise swamp the per-structure differences.
+    template_energy = float(np.sum(e_tt))
+    return _Plan(
+        images,
+        cut,
+        n_mob,
+        n_tmp,
+        cand,
+        mm_pair,
+        mm,
+        mob_c,
+        mob_col,
+        tmp_c,
+        same_e1,
+        same_e2,
+        isolated,
+        template_energy,
+    )
+
+
+def _constants(sp_m: _Species, sp_t: _Species, s1_tt: np.ndarray, isolated: np.ndarray):
+    """Per-pair and per-atom constants: mobile-mobile [M, M, 1], mobile [M] and [M, 1],
+    template [T] (Python floats where all atoms agree, see `_const`)."""
+    n_mob, n_tmp = len(sp_m.E0), len(sp_t.E0)
+    # Energy change of template atoms relative to their template-only state. With
+    # ds = ds0 + delta: E_c(ds) - E_c(ds0) = a [b expm1(-lam delta) + lam delta
+    # exp(-lam delta)] and 6 V0 (exp(-kappa ds) - exp(-kappa ds0)) = c expm1(-kappa
+    # delta): exact, zero for untouched atoms, and free of cancellation in float32.
+    s1_ref = np.where(isolated, 1.0, s1_tt)
+    ds0 = -np.log(s1_ref / (12.0 * sp_t.gamma1)) / (BETA * sp_t.eta2)
     src = (1, n_mob, 1)  # the source atom is on axis 1 of [M, M, S]
     mm = {
         "eta2": _const(sp_m.eta2, src),
@@ -321,83 +375,84 @@ def _build(
     mob_c = {k: _const(v, (n_mob,)) for k, v in mob.items()}
     mob_col = {k: _const(v, (n_mob, 1)) for k, v in mob.items()}
     tmp_c = {k: _const(v, (n_tmp,)) for k, v in tmp.items()}
-    same_e1 = all(isinstance(d[k], float) for d in (mob_c, tmp_c) for k in ("eta2", "bs0")) and (
-        (mob_c["eta2"], mob_c["bs0"]) == (tmp_c["eta2"], tmp_c["bs0"])
+    return mm, mob_c, mob_col, tmp_c
+
+
+def _weight(cut: _Cutoff, r, ok):
+    return jnp.where(ok, jax.nn.sigmoid(cut.acut * (cut.rc - r)), 0.0)
+
+
+def _energy(plan: _Plan, mobile_positions: jax.Array) -> jax.Array:
+    cut = plan.cut
+    x = jnp.asarray(mobile_positions)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    dtype = x.dtype
+    x = plan.images.wrap(x.reshape(plan.n_mob, 3))
+
+    # mobile-mobile, over all translations (own images included): [M, M, S]
+    c = {k: _cast(v, dtype) for k, v in plan.mm.items()}
+    d = plan.images.pair_vectors(x)
+    d2 = jnp.sum(d * d, axis=-1)
+    ok = jnp.asarray(plan.mm_pair) & (d2 < cut.rc_list**2)
+    r = _safe_r(jnp, d2, ok, cut.rc_list)
+    cw = c["chi"] * _weight(cut, r, ok)
+    sigma1 = jnp.sum(cw * jnp.exp(c["eta2"] * (c["bs0"] - r)), axis=(1, 2))
+    sigma2 = jnp.sum(cw * jnp.exp(c["kappa"] * (c["s0"] - r / BETA)), axis=(1, 2))
+
+    total = jnp.zeros((), dtype)
+    if plan.n_tmp:
+        sigma1, sigma2, total = _template_terms(plan, x, sigma1, sigma2, total)
+
+    q = {k: _cast(v, dtype) for k, v in plan.mob_c.items()}
+    e_mob = (
+        _embedding(jnp, sigma1, q["E0"], q["V0"], q["eta2"], q["kappa"], q["lam"], q["gamma1"])
+        + q["pair2"] * sigma2
+        - q["E0"]
     )
-    same_e2 = all(isinstance(d[k], float) for d in (mob_c, tmp_c) for k in ("kappa", "s0")) and (
-        (mob_c["kappa"], mob_c["s0"]) == (tmp_c["kappa"], tmp_c["s0"])
-    )
-    rc_list2 = cut.rc_list**2
+    return total + jnp.sum(e_mob) + plan.template_energy
 
-    def weight(r, ok):
-        return jnp.where(ok, jax.nn.sigmoid(cut.acut * (cut.rc - r)), 0.0)
 
-    def energy(mobile_positions: jax.Array) -> jax.Array:
-        x = jnp.asarray(mobile_positions)
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            x = x.astype(jnp.result_type(float))
-        dtype = x.dtype
-        x = images.wrap(x.reshape(n_mob, 3))
+def _template_terms(plan: _Plan, x, sigma1, sigma2, total):
+    """Mobile-template pairs: each mobile atom against its bin's candidates, [M, C]; the
+    mobile densities grow, and the template atoms' energy changes are added to total."""
+    cut, dtype, n_tmp = plan.cut, x.dtype, plan.n_tmp
+    pos, idx, live = plan.cand.gather(x)
+    d = pos - x[:, None, :]
+    d2 = jnp.sum(d * d, axis=-1)
+    ok = live & (d2 < cut.rc_list**2)
+    r = _safe_r(jnp, d2, ok, cut.rc_list)
+    w = _weight(cut, r, ok)
+    m = {k: _cast(v, dtype) for k, v in plan.mob_col.items()}
+    t = {
+        k: v if isinstance(v, float) else jnp.asarray(v, dtype)[idx]
+        for k, v in plan.tmp_c.items()
+        if k in ("eta2", "bs0", "kappa", "s0", "n0", "pair2")
+    }
+    e1_t = jnp.exp(t["eta2"] * (t["bs0"] - r))  # template source -> mobile
+    e2_t = jnp.exp(t["kappa"] * (t["s0"] - r / BETA))
+    e1_m = e1_t if plan.same_e1 else jnp.exp(m["eta2"] * (m["bs0"] - r))
+    e2_m = e2_t if plan.same_e2 else jnp.exp(m["kappa"] * (m["s0"] - r / BETA))
+    w_to_m = w * (t["n0"] / m["n0"])  # chi, receiver = mobile
+    w_to_t = w * (m["n0"] / t["n0"])
+    sigma1 = sigma1 + jnp.sum(w_to_m * e1_t, axis=1)
+    sigma2 = sigma2 + jnp.sum(w_to_m * e2_t, axis=1)
+    # sigma2 of template atoms enters the energy linearly: no scatter needed.
+    total = total + jnp.sum(t["pair2"] * w_to_t * e2_m)
+    delta1 = jnp.zeros(n_tmp, dtype).at[idx.reshape(-1)].add((w_to_t * e1_m).reshape(-1))
 
-        # mobile-mobile, over all translations (own images included): [M, M, S]
-        c = {k: _cast(v, dtype) for k, v in mm.items()}
-        d = images.pair_vectors(x)
-        d2 = jnp.sum(d * d, axis=-1)
-        ok = jnp.asarray(mm_pair) & (d2 < rc_list2)
-        r = _safe_r(jnp, d2, ok, cut.rc_list)
-        cw = c["chi"] * weight(r, ok)
-        sigma1 = jnp.sum(cw * jnp.exp(c["eta2"] * (c["bs0"] - r)), axis=(1, 2))
-        sigma2 = jnp.sum(cw * jnp.exp(c["kappa"] * (c["s0"] - r / BETA)), axis=(1, 2))
-
-        total = jnp.zeros((), dtype)
-        if n_tmp:
-            # mobile-template: each mobile atom against its bin's candidates, [M, C]
-            pos, idx, live = cand.gather(x)
-            d = pos - x[:, None, :]
-            d2 = jnp.sum(d * d, axis=-1)
-            ok = live & (d2 < rc_list2)
-            r = _safe_r(jnp, d2, ok, cut.rc_list)
-            w = weight(r, ok)
-            m = {k: _cast(v, dtype) for k, v in mob_col.items()}
-            t = {
-                k: v if isinstance(v, float) else jnp.asarray(v, dtype)[idx]
-                for k, v in tmp_c.items()
-                if k in ("eta2", "bs0", "kappa", "s0", "n0", "pair2")
-            }
-            e1_t = jnp.exp(t["eta2"] * (t["bs0"] - r))  # template source -> mobile
-            e2_t = jnp.exp(t["kappa"] * (t["s0"] - r / BETA))
-            e1_m = e1_t if same_e1 else jnp.exp(m["eta2"] * (m["bs0"] - r))
-            e2_m = e2_t if same_e2 else jnp.exp(m["kappa"] * (m["s0"] - r / BETA))
-            w_to_m = w * (t["n0"] / m["n0"])  # chi, receiver = mobile
-            w_to_t = w * (m["n0"] / t["n0"])
-            sigma1 = sigma1 + jnp.sum(w_to_m * e1_t, axis=1)
-            sigma2 = sigma2 + jnp.sum(w_to_m * e2_t, axis=1)
-            # sigma2 of template atoms enters the energy linearly: no scatter needed.
-            total = total + jnp.sum(t["pair2"] * w_to_t * e2_m)
-            delta1 = jnp.zeros(n_tmp, dtype).at[idx.reshape(-1)].add((w_to_t * e1_m).reshape(-1))
-
-            q = {k: _cast(v, dtype) for k, v in tmp_c.items()}
-            delta = -jnp.log1p(delta1 / q["s1_ref"]) / q["beta_eta2"]
-            lam_d = q["lam"] * delta
-            d_e = q["a"] * (q["b"] * jnp.expm1(-lam_d) + lam_d * jnp.exp(-lam_d))
-            d_e = d_e + q["c"] * jnp.expm1(-q["kappa"] * delta)
-            if any_isolated:
-                # No template neighbours: the whole embedding comes from mobile atoms.
-                direct = _embedding(
-                    jnp, delta1, q["E0"], q["V0"], q["eta2"], q["kappa"], q["lam"], q["gamma1"]
-                )
-                d_e = jnp.where(jnp.asarray(isolated), direct, d_e)
-            total = total + jnp.sum(d_e)
-
-        q = {k: _cast(v, dtype) for k, v in mob_c.items()}
-        e_mob = (
-            _embedding(jnp, sigma1, q["E0"], q["V0"], q["eta2"], q["kappa"], q["lam"], q["gamma1"])
-            + q["pair2"] * sigma2
-            - q["E0"]
+    q = {k: _cast(v, dtype) for k, v in plan.tmp_c.items()}
+    delta = -jnp.log1p(delta1 / q["s1_ref"]) / q["beta_eta2"]
+    lam_d = q["lam"] * delta
+    d_e = q["a"] * (q["b"] * jnp.expm1(-lam_d) + lam_d * jnp.exp(-lam_d))
+    d_e = d_e + q["c"] * jnp.expm1(-q["kappa"] * delta)
+    if plan.isolated.any():
+        # No template neighbours: the whole embedding comes from mobile atoms.
+        direct = _embedding(
+            jnp, delta1, q["E0"], q["V0"], q["eta2"], q["kappa"], q["lam"], q["gamma1"]
         )
-        return total + jnp.sum(e_mob) + template_energy
-
-    return energy
+        d_e = jnp.where(jnp.asarray(plan.isolated), direct, d_e)
+    return sigma1, sigma2, total + jnp.sum(d_e)
 
 
 def make_emt_energy(

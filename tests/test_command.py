@@ -1,0 +1,191 @@
+"""The `godiff` command as a user runs it: subprocesses on tiny configs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.db
+import numpy as np
+import pytest
+
+from godiff_jax.run_config import ConfigError, load_run
+
+TESTS = Path(__file__).resolve().parent
+
+TINY_TOML = """
+n_iterations = 2
+[system]
+builtin = "adatom"
+[energy]
+model = "{model}"
+{energy}
+[run]
+seeds = 1
+[sampler]
+n_samples = 6
+n_reverse_steps = 4
+[buffer]
+buffer_size = 6
+kT_start = 1.0
+kT_end = 0.1
+[training]
+train_steps = 4
+batch_size = 3
+[model]
+features = 8
+n_blocks = 1
+n_rbf = 6
+cutoff = 5.0
+"""
+
+
+def godiff(*args, cwd, check=True):
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
+    # The installed console script, as a user types it (next to this interpreter).
+    script = Path(sys.executable).with_name("godiff")
+    if script.exists():
+        cmd = [str(script)]
+    else:  # not installed as a distribution: the same entry point
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from godiff_jax.cli import main; main(sys.argv[1:])",
+        ]
+    out = subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(
+            f"godiff {args} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+        )
+    return out
+
+
+def _write(tmp_path, name, model="emt", energy=""):
+    path = tmp_path / name
+    path.write_text(TINY_TOML.format(model=model, energy=energy))
+    return path
+
+
+def test_run_resume_report_systems(tmp_path):
+    cfg = _write(tmp_path, "tiny.toml")
+    out = godiff(
+        "run", str(cfg), "--workdir", "w", "--iterations", "1", "--no-progress", cwd=tmp_path
+    )
+    assert "successes:" in out.stdout
+    rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().split()]
+    assert [r["iteration"] for r in rows] == [0]
+    godiff("resume", "w", "--no-progress", cwd=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().split()]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    report = godiff("report", "w", cwd=tmp_path).stdout
+    assert "successes:" in report and "seed" in report
+    systems = godiff("systems", cwd=tmp_path).stdout
+    assert "heptamer" in systems and "adatom" in systems and "ase:module.Class" in systems
+    for sub in ("run", "resume", "report", "systems"):
+        assert "usage: godiff" in godiff(sub, "--help", cwd=tmp_path).stdout
+
+
+BAD = [
+    ("n_iterations = 2\nbatchsize = 3\n", "unknown key 'batchsize'"),
+    ("[training]\nbatchsize = 3\n", "did you mean 'batch_size'"),
+    ("[training]\ntrain_steps = 'many'\n", "training.train_steps: expected int"),
+    ("[sampler]\nn_samples = 0\n", "sampler.n_samples: must be positive"),
+    ("[sampler]\nn_samples = -4\n", "must be positive"),
+    ("[system]\nbuiltin = 'heptamr'\n", "did you mean 'heptamer'"),
+    ("[system]\nmobile = 'Pt7'\ntemplate = 'missing.extxyz'\nz_range = [1, 6]\n", "does not exist"),
+    ("[system]\nmobile = 'Pt7'\ntemplate = 'bad.extxyz'\nz_range = [1, 6]\n", "could not be read"),
+    ("[system]\nmobile = 'Pt200'\nbox = 3.0\n", "cannot fit in the box"),
+    ("[system]\nmobile = 'Fe3'\nbox = 8.0\n", "EMT has no parameters for Fe"),
+    ("[energy]\nmodel = 'dft'\n", "energy.model: unknown key 'dft'"),
+    ("[energy]\nmodel = 'ase:no_such_module.Calc'\n", "cannot import"),
+    ("[run]\nseeds = 0\n", "run.seeds: must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_named_before_any_work(tmp_path, text, message):
+    (tmp_path / "bad.extxyz").write_text("not a structure file\n")
+    path = tmp_path / "c.toml"
+    base = "" if "[system]" in text else "[system]\nbuiltin = 'adatom'\n"
+    path.write_text(base + text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_run(path)
+
+
+def test_bad_input_exits_non_zero_without_traceback(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[system]\nbuiltin = 'adatom'\n[training]\nbatchsize = 3\n")
+    out = godiff("run", str(path), cwd=tmp_path, check=False)
+    assert out.returncode == 2 and "did you mean 'batch_size'" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = godiff("--debug", "run", str(path), cwd=tmp_path, check=False)
+    assert out.returncode != 0 and "Traceback" in out.stderr
+    out = godiff("resume", "nowhere", cwd=tmp_path, check=False)
+    assert out.returncode == 2 and "holds no run" in out.stderr
+    # a workdir that holds another run's settings is refused, nothing overwritten
+    good = _write(tmp_path, "tiny.toml")
+    godiff("run", str(good), "--workdir", "w", "--iterations", "1", "--no-progress", cwd=tmp_path)
+    before = (tmp_path / "w" / "config.json").read_text()
+    out = godiff(
+        "run",
+        str(good),
+        "--workdir",
+        "w",
+        "--set",
+        "training.train_steps=5",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 2 and "different config" in out.stderr
+    assert (tmp_path / "w" / "config.json").read_text() == before
+
+
+def _rows(workdir):
+    with ase.db.connect(workdir / "structures.db") as db:
+        return {(r.iteration, r.seed, r.index): r for r in db.select()}
+
+
+def test_killed_mid_evaluation_resumes_without_recomputing(tmp_path):
+    """An ASE calculator kills its own process at its 9th call (in iteration 1): the resumed
+    run keeps the 8 evaluated before the kill, evaluates only the rest, and ends with the
+    database and metrics of an uninterrupted run."""
+    energy = 'n_workers = 1\n[energy.kwargs]\nlog = "{log}"\nkill_at = {k}'
+    full = _write(
+        tmp_path,
+        "full.toml",
+        "ase:calculators.CountedEMT",
+        energy.format(log=tmp_path / "full.log", k=0),
+    )
+    cut = _write(
+        tmp_path,
+        "cut.toml",
+        "ase:calculators.CountedEMT",
+        energy.format(log=tmp_path / "cut.log", k=9),
+    )
+    godiff("run", str(full), "--workdir", "full", "--no-progress", cwd=tmp_path)
+    out = godiff("run", str(cut), "--workdir", "cut", "--no-progress", cwd=tmp_path, check=False)
+    assert out.returncode == -9  # SIGKILL
+    before = _rows(tmp_path / "cut")
+    # the 8 finished evaluations are in the database; the 9th died with the process
+    assert len(before) == 8 and any(k[0] == 1 for k in before)
+    godiff("resume", "cut", "--no-progress", cwd=tmp_path)
+    n_full = len((tmp_path / "full.log").read_text().split())
+    n_cut = len((tmp_path / "cut.log").read_text().split())
+    assert n_cut == n_full + 1  # only the one in flight at the kill was evaluated again
+    a, b = _rows(tmp_path / "full"), _rows(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].get("valid") == b[key].get("valid")
+        if "energy" in a[key]:
+            assert a[key].energy == b[key].energy
+            np.testing.assert_array_equal(a[key].positions, b[key].positions)
+    for name in ("full", "cut"):  # the same final state
+        header = json.loads((tmp_path / name / "metrics.jsonl").read_text().split("\n")[-2])
+        assert header["iteration"] == 1
+    fa = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().split()]
+    fb = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().split()]
+    for ra, rb in zip(fa, fb, strict=True):
+        assert ra["best_energy"] == rb["best_energy"] and ra["loss_mean"] == rb["loss_mean"]
