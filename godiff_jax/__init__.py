@@ -26,7 +26,7 @@ Architecture (one job per module; the README's "Layout" lists them):
 What jax-md and chex do here, and where our own code stays: jax-md's `space.free` gives
 the free-space displacements (cluster systems) and its `space.periodic_general` is what
 the tests hold our minimum image to. Our slabs are periodic in x/y only, which jax-md's
-spaces do not express, and the adatom cell is narrower than twice the cutoffs, so pair
+spaces do not express, and the adatom's cell is narrower than twice the cutoffs, so pair
 sums need explicit image enumeration (`geometry.PeriodicImages`); our EMT and LJ keep
 their own pair sums for that reason, and FIRE is ours because it must match ASE's variant
 step for step (jax-md's `fire_descent` is the MD-integrator form). chex checks shapes at

@@ -16,7 +16,7 @@ from godiff_jax import io
 from godiff_jax.config import PRESETS, SearchConfig, apply_preset, field_type
 from godiff_jax.evaluate import Evaluator
 from godiff_jax.runner import run
-from godiff_jax.runtime import keep_heap_memory
+from godiff_jax.runtime import keep_heap_memory, use_compilation_cache
 from godiff_jax.search import SuccessFn
 from godiff_jax.system import System
 
@@ -70,24 +70,29 @@ def _parse_value(text: str, declared: object) -> object:
     return text
 
 
-def apply_overrides(config: SearchConfig, assignments: list[str]) -> SearchConfig:
-    """SearchConfig with `NAME=VALUE` overrides; NAME dotted (`model.features`) or a flat
-    alias (`features`), VALUE read as the field's type."""
+def parse_assignments(assignments: list[str]) -> dict[str, object]:
+    """{name: value} from `NAME=VALUE` items; NAME dotted (`model.features`) or a flat alias
+    (`features`), VALUE read as the field's type. Raises ValueError naming the item."""
     changes = {}
     for item in assignments:
         name, sep, text = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set {item!r}: expected NAME=VALUE, e.g. training.train_steps=500")
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. training.train_steps=500")
         try:
             changes[name] = _parse_value(text, field_type(name))
         except KeyError as err:
-            raise SystemExit(f"--set {item!r}: {err.args[0]}") from None
+            raise ValueError(f"--set {item!r}: {err.args[0]}") from None
         except ValueError as err:
-            raise SystemExit(f"--set {item!r}: {err}") from None
+            raise ValueError(f"--set {item!r}: {err}") from None
+    return changes
+
+
+def apply_overrides(config: SearchConfig, assignments: list[str]) -> SearchConfig:
+    """SearchConfig with `NAME=VALUE` overrides (see `parse_assignments`)."""
     try:
-        return config.replace(**changes)
+        return config.replace(**parse_assignments(assignments))
     except (TypeError, ValueError) as err:
-        raise SystemExit(f"--set: {err}") from None
+        raise SystemExit(str(err) if str(err).startswith("--set") else f"--set: {err}") from None
 
 
 def run_experiment(
@@ -103,6 +108,7 @@ def run_experiment(
 ) -> None:
     args = experiment_parser(description, default_workdir).parse_args(argv)
     keep_heap_memory()  # XLA re-allocates its buffers every call; keep freed heap mapped
+    use_compilation_cache()
     cfg = apply_overrides(apply_preset(quick if args.quick else config, args.preset), args.set)
     seeds = list(range(args.seed, args.seed + args.seeds))
     workdir = Path(args.workdir)
@@ -181,17 +187,10 @@ def _run_spec(args):
     from godiff_jax.run_config import ConfigError, load_run, spec_from_dict
 
     if args.command == "run":
-        overrides = {}
-        for item in args.set:
-            name, sep, text = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item!r}: expected NAME=VALUE")
-            try:
-                overrides[name] = _parse_value(text, field_type(name))
-            except KeyError as err:
-                raise ConfigError(f"--set {item!r}: {err.args[0]}") from None
-            except ValueError as err:
-                raise ConfigError(f"--set {item!r}: {err}") from None
+        try:
+            overrides = parse_assignments(args.set)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         spec = load_run(args.config, overrides, args.workdir, args.seeds)
         record = {
             "config": spec.source,
@@ -235,6 +234,7 @@ def _command_run(args) -> None:
             )
     io.atomic_write(path, json.dumps(record, indent=2).encode())
     keep_heap_memory()
+    use_compilation_cache()
     print(f"{spec.system.name}: {len(spec.seeds)} seed(s) {spec.seeds}, workdir {spec.workdir}")
     evaluator = make_evaluator(spec)
     t0 = time.perf_counter()
@@ -302,6 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     try:
         commands[args.command](args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        where = getattr(args, "workdir", None) or "the run directory"
+        print(f"godiff: interrupted; continue with `godiff resume {where}`", file=sys.stderr)
+        raise SystemExit(130) from None
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
         if args.debug:
             raise

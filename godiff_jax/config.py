@@ -254,28 +254,14 @@ PAPER_SETTINGS: dict[str, SearchConfig] = {
         n_rbf=30,
         cutoff=6.0,
     ),
-    "adatom": make_config(
-        n_iterations=10,  # kT annealed over 10 iterations
-        n_samples=32,  # structures evaluated per iteration (320 in all)
-        buffer_size=16,
-        batch_size=8,
-        train_steps=2000,  # 1000 epochs over the 16-structure buffer
-        kT_start=5.0,  # eV
-        kT_end=0.02,  # eV
-        n_reverse_steps=500,
-        t_end=0.005,
-        min_distance=1.0,  # Å
-        learning_rate=1e-4,
-        weight_decay=0.01,
-        clip_norm=10.0,
-        plateau_factor=0.95,
-        plateau_patience=100,
-        features=64,
-        n_blocks=4,
-        n_rbf=30,
-        cutoff=6.0,
-    ),
 }
+PAPER_SETTINGS["adatom"] = PAPER_SETTINGS["heptamer"].replace(
+    n_iterations=10,  # kT annealed over 10 iterations
+    n_samples=32,  # structures evaluated per iteration (320 in all)
+    buffer_size=16,
+    batch_size=8,
+    train_steps=2000,  # 1000 epochs over the 16-structure buffer
+)
 
 
 # Named overlays on a system's settings. "reference": every choice of the authors' code that

@@ -18,6 +18,7 @@ known, so that a caller can write it at once.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 import logging
 import multiprocessing
@@ -156,7 +157,8 @@ class AseEvaluator:
     `executor`: any `concurrent.futures.Executor` (the caller owns it); by default a
     process pool of `n_workers` (default: the CPU count) spawned processes, made on first
     use and shut down by `close()`; `n_workers=1` evaluates in this process, in order.
-    Each task gets a pickled copy of the calculator.
+    Each task gets its own copy of the calculator (pickled for processes, a deep copy for
+    threads: ASE calculators are not thread-safe).
     """
 
     def __init__(
@@ -203,7 +205,18 @@ class AseEvaluator:
             for i in todo:
                 done(i, evaluate_one(system, xs[i], self.calculator))
         else:
-            futures = {pool.submit(evaluate_one, system, xs[i], self.calculator): i for i in todo}
+            # A process gets its own pickled copy; threads share memory, and an ASE
+            # calculator is not thread-safe, so each task gets a deep copy.
+            own = isinstance(pool, concurrent.futures.ProcessPoolExecutor)
+            futures = {
+                pool.submit(
+                    evaluate_one,
+                    system,
+                    xs[i],
+                    self.calculator if own else copy.deepcopy(self.calculator),
+                ): i
+                for i in todo
+            }
             for fut in concurrent.futures.as_completed(futures):
                 done(futures[fut], fut.result())
         failed = sorted(i for i in todo if results[i].reason is not None)

@@ -15,9 +15,9 @@ Where jax-md fits and where it does not: `jax_md.space.free` gives the displacem
 non-periodic system (cluster mode, `displacement_fn`), and its `periodic_general` is the
 reference the tests hold `minimum_image` to on fully periodic cells. Our systems are
 periodic in x/y only (a slab with vacuum), which jax-md's spaces do not express, and the
-adatom's cell (2.8 x 9.8 Å) is narrower than twice the cutoffs (6 Å score model, ~5 Å EMT),
-so one minimum image is not enough: an atom sees several images of another and its own
-images. Those need the image enumeration here.
+adatom's cell (plane spacings 8.3 and 5.3 Å) is narrower than twice the cutoffs (6 Å score
+model, ~5 Å EMT), so one minimum image is not enough: an atom sees several images of
+another and its own images. Those need the image enumeration here.
 """
 
 from __future__ import annotations

@@ -1,14 +1,24 @@
 """Numerical parity tests need float64; library code is explicit about float32 where it
 wants it (the score model), so enabling x64 for the whole session is safe."""
 
+import os
+import tempfile
+
 import jax
 
 from godiff_jax.config import make_config
 from godiff_jax.evaluate import JaxEvaluator
 from godiff_jax.potentials.emt import emt_energy_fn
 from godiff_jax.runner import run
+from godiff_jax.runtime import use_compilation_cache
 
 jax.config.update("jax_enable_x64", True)
+
+# Many tests compile the same tiny programs (the same config and system, other Python
+# objects): a compilation cache for this session (and the `godiff` subprocesses it starts)
+# compiles each once. Empty at the start, so nothing leaks in from outside the session.
+os.environ["GODIFF_JAX_CACHE"] = tempfile.mkdtemp(prefix="godiff-jax-test-cache-")
+use_compilation_cache()
 
 # The whole loop in seconds: two iterations of 6 samples, a 1-block model of 8 features.
 TINY = make_config(

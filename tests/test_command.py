@@ -1,6 +1,5 @@
 """The `godiff` command as a user runs it: subprocesses on tiny configs."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import ase.db
 import numpy as np
 import pytest
 
+from godiff_jax import io
 from godiff_jax.run_config import ConfigError, load_run
 
 TESTS = Path(__file__).resolve().parent
@@ -69,25 +69,6 @@ def _write(tmp_path, name, model="emt", energy=""):
     return path
 
 
-def test_run_resume_report_systems(tmp_path):
-    cfg = _write(tmp_path, "tiny.toml")
-    out = godiff(
-        "run", str(cfg), "--workdir", "w", "--iterations", "1", "--no-progress", cwd=tmp_path
-    )
-    assert "successes:" in out.stdout
-    rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().split()]
-    assert [r["iteration"] for r in rows] == [0]
-    godiff("resume", "w", "--no-progress", cwd=tmp_path)
-    rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().split()]
-    assert [r["iteration"] for r in rows] == [0, 1]
-    report = godiff("report", "w", cwd=tmp_path).stdout
-    assert "successes:" in report and "seed" in report
-    systems = godiff("systems", cwd=tmp_path).stdout
-    assert "heptamer" in systems and "adatom" in systems and "ase:module.Class" in systems
-    for sub in ("run", "resume", "report", "systems"):
-        assert "usage: godiff" in godiff(sub, "--help", cwd=tmp_path).stdout
-
-
 BAD = [
     ("n_iterations = 2\nbatchsize = 3\n", "unknown key 'batchsize'"),
     ("[training]\nbatchsize = 3\n", "did you mean 'batch_size'"),
@@ -109,38 +90,38 @@ BAD = [
 def test_bad_input_is_named_before_any_work(tmp_path, text, message):
     (tmp_path / "bad.extxyz").write_text("not a structure file\n")
     path = tmp_path / "c.toml"
-    base = "" if "[system]" in text else "[system]\nbuiltin = 'adatom'\n"
-    path.write_text(base + text)
+    base = "" if "[system]" in text else "\n[system]\nbuiltin = 'adatom'\n"
+    path.write_text(text + base)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_run(path)
 
 
-def test_bad_input_exits_non_zero_without_traceback(tmp_path):
+def test_bad_input_exits_non_zero_without_traceback(tmp_path, capsys):
+    from godiff_jax.cli import main
+
     path = tmp_path / "c.toml"
     path.write_text("[system]\nbuiltin = 'adatom'\n[training]\nbatchsize = 3\n")
-    out = godiff("run", str(path), cwd=tmp_path, check=False)
+    out = godiff("run", str(path), cwd=tmp_path, check=False)  # as a user sees it
     assert out.returncode == 2 and "did you mean 'batch_size'" in out.stderr
     assert "Traceback" not in out.stderr
-    out = godiff("--debug", "run", str(path), cwd=tmp_path, check=False)
-    assert out.returncode != 0 and "Traceback" in out.stderr
-    out = godiff("resume", "nowhere", cwd=tmp_path, check=False)
-    assert out.returncode == 2 and "holds no run" in out.stderr
-    # a workdir that holds another run's settings is refused, nothing overwritten
+    with pytest.raises(ConfigError):  # --debug: the exception itself
+        main(["--debug", "run", str(path)])
+    with pytest.raises(SystemExit) as stop:
+        main(["resume", str(tmp_path / "nowhere")])
+    assert stop.value.code == 2 and "holds no run" in capsys.readouterr().err
+    # a workdir that holds another run's settings is refused before any work
     good = _write(tmp_path, "tiny.toml")
-    godiff("run", str(good), "--workdir", "w", "--iterations", "1", "--no-progress", cwd=tmp_path)
+    (tmp_path / "w").mkdir()
+    io.write_config(tmp_path / "w", load_run(good).config)
     before = (tmp_path / "w" / "config.json").read_text()
-    out = godiff(
-        "run",
-        str(good),
-        "--workdir",
-        "w",
-        "--set",
-        "training.train_steps=5",
-        cwd=tmp_path,
-        check=False,
-    )
-    assert out.returncode == 2 and "different config" in out.stderr
+    with pytest.raises(SystemExit) as stop:
+        main(["run", str(good), "--workdir", str(tmp_path / "w"), "--set", "train_steps=5"])
+    assert stop.value.code == 2 and "different config" in capsys.readouterr().err
     assert (tmp_path / "w" / "config.json").read_text() == before
+    for sub in ("run", "resume", "report", "systems"):
+        with pytest.raises(SystemExit) as stop:
+            main([sub, "--help"])
+        assert stop.value.code == 0 and "usage: godiff" in capsys.readouterr().out
 
 
 def _rows(workdir):
@@ -148,10 +129,13 @@ def _rows(workdir):
         return {(r.iteration, r.seed, r.index): r for r in db.select()}
 
 
-def test_killed_mid_evaluation_resumes_without_recomputing(tmp_path):
-    """An ASE calculator kills its own process at its 9th call (in iteration 1): the resumed
-    run keeps the 8 evaluated before the kill, evaluates only the rest, and ends with the
-    database and metrics of an uninterrupted run."""
+def test_run_killed_mid_evaluation_resumes_without_recomputing(tmp_path, capsys):
+    """`godiff run` from a config file, stopped after one iteration and resumed: the
+    uninterrupted reference. The same run with an ASE calculator that kills its own process
+    at its 9th call (in iteration 1): the resumed run keeps the 8 evaluated before the kill,
+    evaluates only the rest, and ends with the database and metrics of the reference."""
+    from godiff_jax.cli import main
+
     energy = 'n_workers = 1\n[energy.kwargs]\nlog = "{log}"\nkill_at = {k}'
     full = _write(
         tmp_path,
@@ -165,15 +149,19 @@ def test_killed_mid_evaluation_resumes_without_recomputing(tmp_path):
         "ase:calculators.CountedEMT",
         energy.format(log=tmp_path / "cut.log", k=9),
     )
-    godiff("run", str(full), "--workdir", "full", "--no-progress", cwd=tmp_path)
+    out = godiff(
+        "run", str(full), "--workdir", "full", "--iterations", "1", "--no-progress", cwd=tmp_path
+    )
+    assert "successes:" in out.stdout and len(io.read_metrics(tmp_path / "full")) == 1
+    godiff("resume", "full", "--no-progress", cwd=tmp_path)
     out = godiff("run", str(cut), "--workdir", "cut", "--no-progress", cwd=tmp_path, check=False)
     assert out.returncode == -9  # SIGKILL
     before = _rows(tmp_path / "cut")
     # the 8 finished evaluations are in the database; the 9th died with the process
     assert len(before) == 8 and any(k[0] == 1 for k in before)
     godiff("resume", "cut", "--no-progress", cwd=tmp_path)
-    n_full = len((tmp_path / "full.log").read_text().split())
-    n_cut = len((tmp_path / "cut.log").read_text().split())
+    n_full = len((tmp_path / "full.log").read_text().splitlines())
+    n_cut = len((tmp_path / "cut.log").read_text().splitlines())
     assert n_cut == n_full + 1  # only the one in flight at the kill was evaluated again
     a, b = _rows(tmp_path / "full"), _rows(tmp_path / "cut")
     assert a.keys() == b.keys()
@@ -182,10 +170,11 @@ def test_killed_mid_evaluation_resumes_without_recomputing(tmp_path):
         if "energy" in a[key]:
             assert a[key].energy == b[key].energy
             np.testing.assert_array_equal(a[key].positions, b[key].positions)
-    for name in ("full", "cut"):  # the same final state
-        header = json.loads((tmp_path / name / "metrics.jsonl").read_text().split("\n")[-2])
-        assert header["iteration"] == 1
-    fa = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().split()]
-    fb = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().split()]
+    fa, fb = io.read_metrics(tmp_path / "full"), io.read_metrics(tmp_path / "cut")
+    assert [r["iteration"] for r in fa] == [r["iteration"] for r in fb] == [0, 1]
     for ra, rb in zip(fa, fb, strict=True):
         assert ra["best_energy"] == rb["best_energy"] and ra["loss_mean"] == rb["loss_mean"]
+    main(["report", str(tmp_path / "cut")])
+    main(["systems"])
+    text = capsys.readouterr().out
+    assert "successes:" in text and "heptamer" in text and "ase:module.Class" in text

@@ -34,7 +34,7 @@ def test_minimum_image_equals_jax_md_periodic_general_on_a_skewed_bulk_cell():
 
 def test_cluster_displacement_is_jax_md_free_space():
     system = make_cluster_system("Pt3", 5.0)
-    ra, rb = jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[4.0, -1.0, 0.5]])
+    ra, rb = jnp.array([1.0, 2.0, 3.0]), jnp.array([4.0, -1.0, 0.5])
     np.testing.assert_array_equal(displacement_fn(system)(ra, rb), space.free()[0](ra, rb))
     assert not periodic_axes(system).any()
 
@@ -62,14 +62,19 @@ def test_shifts_are_ordered_and_complete():
 
 
 def test_periodic_images_reach_own_images_in_a_narrow_cell():
-    # The adatom's cell is narrower than twice the 6 Å cutoff in x: images are needed.
+    # The adatom's cell (plane spacings 8.3 and 5.3 Å) is narrower than twice the 6 Å
+    # cutoff: one minimum image is not enough, an atom sees its own images.
     system = stepped_pt_adatom()
     images = PeriodicImages(system.cell, system.pbc, 6.0)
-    assert images.n_max[0] >= 2 and not images.wide[0]
+    narrow = int(np.argmin(images.heights))
+    np.testing.assert_allclose(images.heights[:2], [8.3156, 5.2592], atol=1e-3)
+    assert images.n_max[narrow] == 2 and not images.wide[:2].any()
     x = jnp.array([[1.0, 1.0, system.box_lo[2] + 1.0]])
     d = np.linalg.norm(np.asarray(images.pair_vectors(x))[0, 0], axis=-1)
     own = np.sort(d[d > 1e-9])
-    np.testing.assert_allclose(own[:2], np.linalg.norm(system.cell[0]), rtol=1e-6)
+    # its own images one short cell vector away on both sides, inside the cutoff
+    np.testing.assert_allclose(own[:2], np.linalg.norm(system.cell[narrow]), rtol=1e-6)
+    assert own[1] < 6.0
 
 
 def test_confine_wraps_and_clamps():
