@@ -9,7 +9,7 @@ import ase.db
 import numpy as np
 import pytest
 
-from godiff_jax import io
+from godiff_jax import checkpoint, io
 from godiff_jax.run_config import ConfigError, load_run
 
 TESTS = Path(__file__).resolve().parent
@@ -174,7 +174,24 @@ def test_run_killed_mid_evaluation_resumes_without_recomputing(tmp_path, capsys)
     assert [r["iteration"] for r in fa] == [r["iteration"] for r in fb] == [0, 1]
     for ra, rb in zip(fa, fb, strict=True):
         assert ra["best_energy"] == rb["best_energy"] and ra["loss_mean"] == rb["loss_mean"]
+    # ... and the same final state: every archive array of the two checkpoints
+    arrays = [
+        checkpoint.decode((tmp_path / n / checkpoint.CHECKPOINT).read_bytes(), "run-state")[1]
+        for n in ("full", "cut")
+    ]
+    for key in (k for k in arrays[0] if k.startswith(".archive") or k.startswith(".train.params")):
+        np.testing.assert_array_equal(arrays[0][key], arrays[1][key], err_msg=key)
     main(["report", str(tmp_path / "cut")])
-    main(["systems"])
-    text = capsys.readouterr().out
-    assert "successes:" in text and "heptamer" in text and "ase:module.Class" in text
+    assert "successes:" in capsys.readouterr().out
+    systems = godiff("systems", cwd=tmp_path).stdout
+    assert "heptamer" in systems and "adatom" in systems and "ase:module.Class" in systems
+
+
+@pytest.mark.parametrize("name", ["heptamer", "adatom", "cluster_lj", "my_slab"])
+def test_example_configs_are_valid(name):
+    spec = load_run(TESTS.parent / "experiments" / "configs" / f"{name}.toml")
+    assert spec.system.n_mobile >= 1 and spec.seeds == [0]
+    if name in ("heptamer", "adatom"):  # the paper's settings, as the experiment scripts
+        from godiff_jax.config import PAPER_SETTINGS
+
+        assert spec.config == PAPER_SETTINGS[name]
