@@ -15,9 +15,16 @@ from godiff_jax.runtime import use_compilation_cache
 jax.config.update("jax_enable_x64", True)
 
 # Many tests compile the same tiny programs (the same config and system, other Python
-# objects): a compilation cache for this session (and the `godiff` subprocesses it starts)
-# compiles each once. Empty at the start, so nothing leaks in from outside the session.
-os.environ["GODIFF_JAX_CACHE"] = tempfile.mkdtemp(prefix="godiff-jax-test-cache-")
+# objects): a compilation cache for this session (its pytest-xdist workers and the
+# `godiff` subprocesses it starts) compiles each once. New for every session, so nothing
+# leaks in from outside it.
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # shared by the workers of one session
+if _run:
+    _cache = os.path.join(tempfile.gettempdir(), f"godiff-jax-test-cache-{_run}")
+    os.makedirs(_cache, exist_ok=True)
+else:
+    _cache = tempfile.mkdtemp(prefix="godiff-jax-test-cache-")
+os.environ["GODIFF_JAX_CACHE"] = _cache
 use_compilation_cache()
 
 # The whole loop in seconds: two iterations of 6 samples, a 1-block model of 8 features.
