@@ -78,6 +78,29 @@ def to_atoms(
     return atoms
 
 
+def ase_relaxer(system: System, calculator: Any, fmax: float = 0.01, max_steps: int = 2000):
+    """A relaxer for `model_success`: ASE's FIRE on `calculator`, template fixed, one
+    structure after another (host side, not counted as evaluations)."""
+    from ase.optimize import FIRE
+
+    def relax(xs):
+        xs = np.asarray(xs, dtype=float)
+        out, energies, converged = np.array(xs, copy=True), np.full(len(xs), np.nan), []
+        for k, x in enumerate(xs):
+            atoms = to_atoms(system, x)
+            calculator.reset()
+            atoms.calc = calculator
+            try:
+                converged.append(bool(FIRE(atoms, logfile=None).run(fmax=fmax, steps=max_steps)))
+                energies[k] = atoms.get_potential_energy()
+                out[k] = atoms.positions[system.n_template :]
+            except Exception:  # a failed relaxation is not a success; the run goes on
+                converged.append(False)
+        return out, energies, np.asarray(converged)
+
+    return relax
+
+
 def from_atoms(system: System, atoms: ase.Atoms, atol: float = 1e-4) -> np.ndarray:
     """Mobile positions [n_mobile, 3] (Å) of `atoms`, checked against the system.
 

@@ -245,7 +245,7 @@ def _command_run(args) -> None:
             spec.workdir,
             evaluator=evaluator,
             seeds=spec.seeds,
-            success_fn=success_test(spec),
+            success_fn=success_test(spec, evaluator),
             max_iterations=args.iterations,
             progress=not args.no_progress,
         )

@@ -135,20 +135,56 @@ def _jit_batch(evaluator: JaxEvaluator) -> Callable:
     return _JITTED[evaluator]
 
 
+def structure_energy_forces(system: System, x: np.ndarray, calculator: Any):
+    """Energy (eV) and mobile forces [M, 3] (eV/Å) of one structure; raises what the
+    calculator raises."""
+    calculator.reset()
+    atoms = to_atoms(system, x)
+    atoms.calc = calculator
+    e = float(atoms.get_potential_energy())
+    f = np.asarray(atoms.get_forces(apply_constraint=False), dtype=float)[system.n_template :]
+    return e, f
+
+
 def evaluate_one(system: System, x: np.ndarray, calculator: Any) -> Result:
     """One structure with an ASE calculator; any failure is a Result with its reason."""
     try:
-        calculator.reset()
-        atoms = to_atoms(system, x)
-        atoms.calc = calculator
-        e = float(atoms.get_potential_energy())
-        f = np.asarray(atoms.get_forces(apply_constraint=False), dtype=float)[system.n_template :]
+        e, f = structure_energy_forces(system, x, calculator)
     except Exception as err:  # any calculator failure marks the structure invalid
         return Result(np.nan, np.zeros((system.n_mobile, 3)), f"{type(err).__name__}: {err}")
     reason = _finite(e, f)
     if reason is not None:
         reason = f"{reason} (energy {e})"
     return Result(e, f, reason)
+
+
+# run(system, positions [N, M, 3], indices to compute, done(index, Result)) -> None
+HostRun = Callable[[System, np.ndarray, list, OnResult], None]
+
+
+def evaluate_host(system, positions, valid, known, on_result, run: HostRun, name: str):
+    """The protocol's bookkeeping for host evaluators: skip invalid and known structures,
+    let `run` compute the rest (reporting each result through `done`), warn on failures."""
+    xs, ok = _checked(system, positions, valid)
+    known = dict(known or {})
+    results = {int(i): known[i] for i in np.flatnonzero(ok) if i in known}
+    todo = [int(i) for i in np.flatnonzero(ok) if i not in known]
+
+    def done(i: int, r: Result) -> None:
+        results[i] = r
+        if on_result is not None:
+            on_result(i, r)
+
+    run(system, xs, todo, done)
+    failed = sorted(i for i in todo if results[i].reason is not None)
+    if failed:
+        msg = (
+            f"{len(failed)} of {len(todo)} structures failed with {name} and are marked "
+            f"invalid; first error: structure {failed[0]}: {results[failed[0]].reason}"
+        )
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        logger.warning(msg)
+    return _assemble(len(xs), system.n_mobile, results, ok)
 
 
 class AseEvaluator:
@@ -158,7 +194,8 @@ class AseEvaluator:
     process pool of `n_workers` (default: the CPU count) spawned processes, made on first
     use and shut down by `close()`; `n_workers=1` evaluates in this process, in order.
     Each task gets its own copy of the calculator (pickled for processes, a deep copy for
-    threads: ASE calculators are not thread-safe).
+    threads: ASE calculators are not thread-safe). For a cluster, retries and time limits
+    see `godiff_jax.dask_evaluator.DaskEvaluator`.
     """
 
     def __init__(
@@ -190,45 +227,29 @@ class AseEvaluator:
         self.close()
 
     def __call__(self, system, positions, valid, known=None, on_result=None) -> Evaluation:
-        xs, ok = _checked(system, positions, valid)
-        known = dict(known or {})
-        results = {int(i): known[i] for i in np.flatnonzero(ok) if i in known}
-        todo = [int(i) for i in np.flatnonzero(ok) if i not in known]
+        name = type(self.calculator).__name__
+        return evaluate_host(system, positions, valid, known, on_result, self._run, name)
 
-        def done(i: int, r: Result) -> None:
-            results[i] = r
-            if on_result is not None:
-                on_result(i, r)
-
+    def _run(self, system: System, xs: np.ndarray, todo: list[int], done: OnResult) -> None:
         pool = self._pool() if len(todo) > 1 else None
         if pool is None:
             for i in todo:
                 done(i, evaluate_one(system, xs[i], self.calculator))
-        else:
-            # A process gets its own pickled copy; threads share memory, and an ASE
-            # calculator is not thread-safe, so each task gets a deep copy.
-            own = isinstance(pool, concurrent.futures.ProcessPoolExecutor)
-            futures = {
-                pool.submit(
-                    evaluate_one,
-                    system,
-                    xs[i],
-                    self.calculator if own else copy.deepcopy(self.calculator),
-                ): i
-                for i in todo
-            }
-            for fut in concurrent.futures.as_completed(futures):
-                done(futures[fut], fut.result())
-        failed = sorted(i for i in todo if results[i].reason is not None)
-        if failed:
-            msg = (
-                f"{len(failed)} of {len(todo)} structures failed with "
-                f"{type(self.calculator).__name__} and are marked invalid; first error: "
-                f"structure {failed[0]}: {results[failed[0]].reason}"
-            )
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            logger.warning(msg)
-        return _assemble(len(xs), system.n_mobile, results, ok)
+            return
+        # A process gets its own pickled copy; threads share memory, and an ASE
+        # calculator is not thread-safe, so each task gets a deep copy.
+        own = isinstance(pool, concurrent.futures.ProcessPoolExecutor)
+        futures = {
+            pool.submit(
+                evaluate_one,
+                system,
+                xs[i],
+                self.calculator if own else copy.deepcopy(self.calculator),
+            ): i
+            for i in todo
+        }
+        for fut in concurrent.futures.as_completed(futures):
+            done(futures[fut], fut.result())
 
 
 def evaluate_with_calculator(

@@ -12,8 +12,13 @@
     # ... or a gas-phase cluster:  mobile = "Pt13", box = 8.0 (Å, or [x, y, z]), vacuum = 10.0
 
     [energy]
-    model = "emt"                     # emt | lj | ase:module.Class
-    # lj: epsilon, sigma, cutoff; ase: [energy.kwargs] for the class, n_workers (processes)
+    model = "emt"                     # emt | lj | sevennet | chgnet | ase:module.Class
+    # lj: epsilon, sigma, cutoff; the others: [energy.kwargs] for the calculator class,
+    # n_workers (processes on this machine), floor_per_atom (eV; false: no floor)
+    [energy.dask]                     # host calculators on a Dask cluster instead
+    scheduler = "tcp://host:8786"     # optional; default a local cluster of n_workers
+    retries = 1                       # further attempts of a structure whose task raised
+    time_limit = 3600                 # s a structure may take before it is cancelled
 
     [run]
     workdir = "runs/heptamer"
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import math
 import tomllib
@@ -62,11 +68,28 @@ BUILTIN = {"heptamer": pt111_heptamer, "adatom": stepped_pt_adatom}
 ENERGY_MODELS = {
     "emt": "ASE's EMT in JAX (Al Cu Ag Au Ni Pd Pt H C N O), inside jit",
     "lj": "Lennard-Jones (epsilon, sigma, cutoff), any element, inside jit",
+    "sevennet": "SevenNet-0 (pip install 'godiff_jax[sevennet]'), ASE calculator on the host",
+    "chgnet": "CHGNet (pip install 'godiff_jax[chgnet]'), ASE calculator on the host",
     "ase:module.Class": "any ASE calculator class, on the host ([energy.kwargs], n_workers)",
 }
+# The universal potentials: their ASE calculator and default keyword arguments.
+ML_POTENTIALS = {
+    "sevennet": ("sevenn.calculator.SevenNetCalculator", {"model": "7net-0", "device": "cpu"}),
+    "chgnet": ("chgnet.model.dynamics.CHGNetCalculator", {"use_device": "cpu"}),
+}
+# Energy floor of the universal potentials, per atom of the whole system: a structure
+# below it is masked as a hole of the potential. It scales with the system (the reference
+# code's fixed -500 eV for the heptamer would mask every structure of a system 2x larger)
+# and lies below the per-atom energy of every element's ground state in the PBE energies
+# these models are trained on (the lowest, the 5d metals W, Re, Os, near -13 eV/atom).
+DEFAULT_FLOOR_PER_ATOM = -15.0
 _TOP = {"n_iterations", "system", "energy", "run", *SECTIONS}
 _SYSTEM_KEYS = {"builtin", "template", "mobile", "z_range", "box", "vacuum", "name"}
-_ENERGY_KEYS = {"model", "epsilon", "sigma", "cutoff", "kwargs", "n_workers", "asap_cutoff"}
+_ENERGY_KEYS = {
+    "model", "epsilon", "sigma", "cutoff", "kwargs", "n_workers", "asap_cutoff",
+    "floor_per_atom", "dask",
+}  # fmt: skip
+_DASK_KEYS = {"scheduler", "n_workers", "retries", "time_limit"}
 _RUN_KEYS = {"workdir", "seeds", "first_seed"}
 
 
@@ -203,6 +226,7 @@ def _energy(table: dict, system: System) -> dict:
     model = table.get("model", "emt")
     if not isinstance(model, str):
         raise ConfigError(f"energy.model: expected a string, got {model!r}")
+    host = model.startswith("ase:") or model in ML_POTENTIALS
     if model == "emt":
         from godiff_jax.potentials.emt import _check_supported
 
@@ -214,7 +238,7 @@ def _energy(table: dict, system: System) -> dict:
         for key in ("epsilon", "sigma", "cutoff"):
             if key in table and not _typed(table[key], float, f"energy.{key}") > 0:
                 raise ConfigError(f"energy.{key}: must be positive, got {table[key]}")
-    elif model.startswith("ase:"):
+    elif host:
         calculator_class(model)
         if not isinstance(table.get("kwargs", {}), dict):
             raise ConfigError("energy.kwargs: expected a table of keyword arguments")
@@ -222,22 +246,61 @@ def _energy(table: dict, system: System) -> dict:
         raise _unknown(model, set(ENERGY_MODELS), "energy.model")
     if "n_workers" in table and _typed(table["n_workers"], int, "energy.n_workers") < 1:
         raise ConfigError(f"energy.n_workers: must be at least 1, got {table['n_workers']}")
-    return dict(table, model=model)
+    floor = table.get("floor_per_atom", DEFAULT_FLOOR_PER_ATOM if model in ML_POTENTIALS else None)
+    if floor is False:
+        floor = None
+    elif floor is not None:
+        floor = _typed(floor, float, "energy.floor_per_atom")
+    checked = dict(table, model=model, floor_per_atom=floor)
+    if "dask" in table:
+        if not host:
+            raise ConfigError(
+                f"[energy.dask]: only for host calculators (sevennet, chgnet, ase:...); "
+                f"{model!r} runs inside the compiled program"
+            )
+        checked["dask"] = _dask(table["dask"])
+    return checked
+
+
+def _dask(table) -> dict:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[energy.dask] must be a table, got {table!r}")
+    _check_keys(table, _DASK_KEYS, "[energy.dask]")
+    out = dict(table)
+    if "scheduler" in out:
+        _typed(out["scheduler"], str, "energy.dask.scheduler")
+    for key, least in (("n_workers", 1), ("retries", 0)):
+        if key in out and _typed(out[key], int, f"energy.dask.{key}") < least:
+            raise ConfigError(f"energy.dask.{key}: must be at least {least}, got {out[key]}")
+    if "time_limit" in out and not _typed(out["time_limit"], float, "energy.dask.time_limit") > 0:
+        raise ConfigError(f"energy.dask.time_limit: must be positive, got {out['time_limit']}")
+    return out
 
 
 def calculator_class(model: str) -> type:
-    """The class named by 'ase:module.Class'."""
-    module, _, name = model[4:].rpartition(".")
+    """The class named by 'ase:module.Class' or by a universal potential's name."""
+    hint = f" (pip install 'godiff_jax[{model}]')" if model in ML_POTENTIALS else ""
+    path = ML_POTENTIALS[model][0] if model in ML_POTENTIALS else model[4:]
+    module, _, name = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as err:
         raise ConfigError(
-            f"energy.model = {model!r}: cannot import {model[4:]!r} ({err})"
+            f"energy.model = {model!r}: cannot import {path!r} ({err}){hint}"
         ) from None
 
 
+def calculator_factory(energy: dict):
+    """A picklable zero-argument callable building the [energy] table's ASE calculator."""
+    defaults = ML_POTENTIALS[energy["model"]][1] if energy["model"] in ML_POTENTIALS else {}
+    return functools.partial(
+        calculator_class(energy["model"]), **{**defaults, **energy.get("kwargs", {})}
+    )
+
+
 def make_evaluator(spec: RunSpec):
-    """The evaluator the [energy] table names (JAX models inside jit, ASE on the host)."""
+    """The evaluator the [energy] table names (JAX models inside jit, ASE on the host,
+    on a Dask cluster with [energy.dask])."""
     from godiff_jax.evaluate import AseEvaluator, JaxEvaluator
 
     e = spec.energy
@@ -250,8 +313,19 @@ def make_evaluator(spec: RunSpec):
 
         kw = {k: float(e[k]) for k in ("epsilon", "sigma", "cutoff") if k in e}
         return JaxEvaluator(lj_energy_fn(spec.system, **kw))
-    calc = calculator_class(e["model"])(**e.get("kwargs", {}))
-    return AseEvaluator(calc, n_workers=e.get("n_workers", 1))
+    make = calculator_factory(e)
+    if "dask" in e:
+        from godiff_jax.dask_evaluator import DaskEvaluator
+
+        d = e["dask"]
+        return DaskEvaluator(
+            make,
+            address=d.get("scheduler"),
+            n_workers=d.get("n_workers", e.get("n_workers")),
+            retries=d.get("retries", 1),
+            time_limit=d.get("time_limit"),
+        )
+    return AseEvaluator(make(), n_workers=e.get("n_workers", 1))
 
 
 def load_run(
@@ -285,6 +359,8 @@ def spec_from_dict(data, base_dir, overrides=None, workdir=None, seeds=None, bas
         config = search_settings(_nest(overrides), config)
     check_fits(system, config.sampler.min_distance)
     energy = _energy(data.get("energy", {}), system)
+    if energy["floor_per_atom"] is not None and config.buffer.energy_floor is None:
+        config = config.replace(energy_floor=energy["floor_per_atom"] * system.n_atoms)
     run = data.get("run", {})
     _check_keys(run, _RUN_KEYS, "[run]")
     n_seeds = seeds if seeds is not None else _typed(run.get("seeds", 1), int, "run.seeds")
@@ -318,8 +394,21 @@ def paper_settings(system_name: str) -> SearchConfig:
     return PAPER_SETTINGS.get(system_name, PAPER_SETTINGS["heptamer"])
 
 
-def success_test(spec: RunSpec):
-    """The built-in system's success test (EMT minimum), or None for the user's systems."""
+def success_test(spec: RunSpec, evaluator=None):
+    """The built-in system's success test, or None for the user's systems: against EMT's
+    minimum with EMT, against the model's own minimum with any other model
+    (`model_success`; found once here by relaxing the reference structures)."""
     from godiff_jax.analysis import success_fn
 
-    return success_fn(spec.system_name, spec.system)
+    if spec.system_name not in BUILTIN or spec.energy["model"] == "emt":
+        return success_fn(spec.system_name, spec.system)
+    from godiff_jax.model_success import jax_relaxer, model_success_fn
+
+    if spec.energy["model"] == "lj":
+        relax = jax_relaxer((evaluator or make_evaluator(spec)).energy_fn)
+        return model_success_fn(spec.system_name, spec.system, relax)
+    from godiff_jax.ase_interop import ase_relaxer
+
+    relax = ase_relaxer(spec.system, calculator_factory(spec.energy)())
+    # An ASE relaxation of an expensive model costs many evaluations: a few per batch.
+    return model_success_fn(spec.system_name, spec.system, relax, max_relax=2)

@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from godiff_jax import checkpoint, io, records
+from godiff_jax import checkpoint, io, records, sharding
 from godiff_jax.config import SearchConfig
 from godiff_jax.evaluate import Evaluator, JaxEvaluator, Result
 from godiff_jax.records import IterationRecord, RunClock
 from godiff_jax.search import GODiff, RunState, SuccessFn
+from godiff_jax.sharding import NO_LAYOUT, Layout
 from godiff_jax.system import System
 
 
@@ -71,10 +72,11 @@ def compiled_phases(
     evaluator: JaxEvaluator | None,
     n_seeds: int = 1,
     seed_batch: int | None = None,
+    layout: Layout = NO_LAYOUT,
 ):
     """(GODiff, sample, evaluate or None, update) jitted over a leading seed axis; cached
-    so that repeated runs do not recompile."""
-    search = GODiff(system, config)
+    so that repeated runs do not recompile. `layout` spreads seeds or samples over devices."""
+    search = GODiff(system, config, sample_sharding=layout.sample_axis())
     # Default: all seeds vmapped (8 seeds train in 0.53x the time of 8 runs on the 2-core
     # CPU, RESULTS.md section 7); fewer loop over groups, for memory.
     sb = n_seeds if seed_batch is None else max(1, seed_batch)
@@ -128,25 +130,34 @@ class _HostBatch(NamedTuple):
 
 def _evaluate_on_host(evaluator: Evaluator, batch: _HostBatch, x, ok):
     """Energies [S, N], forces [S, N, M, 3] (NaN: not evaluated or failed) and reasons of
-    every seed's batch; each new result is written to the database as it arrives."""
+    every seed's batch; each new result is written to the database as it arrives.
+
+    All seeds' structures go to the evaluator as one batch, so that a pool or cluster is
+    kept busy across seeds.
+    """
     xs, oks = np.asarray(x), np.asarray(ok)
-    e = np.full(oks.shape, np.nan)
-    f = np.zeros(xs.shape)
-    reasons: list[tuple] = []
-    for s, seed in enumerate(batch.seeds):
-        order = batch.prev_evaluations[s] + np.cumsum(oks[s])
-        known = {i: Result(*r) for i, r in batch.known.get(seed, {}).items() if oks[s][i]}
+    n_seeds, n = oks.shape
+    order = batch.prev_evaluations[:, None] + np.cumsum(oks, axis=1)
+    known = {
+        s * n + i: Result(*r)
+        for s, seed in enumerate(batch.seeds)
+        for i, r in batch.known.get(seed, {}).items()
+        if oks[s][i]
+    }
 
-        def write(i: int, r: Result, s=s, seed=seed, order=order) -> None:
-            keys = {"iteration": batch.k, "seed": seed, "index": i, "evaluation": int(order[i])}
-            if r.reason is not None:
-                keys["reason"] = r.reason
-            io.write_evaluation(batch.workdir, batch.system, xs[s, i], r.energy, r.forces, keys)
+    def write(j: int, r: Result) -> None:
+        s, i = divmod(j, n)
+        keys = {"iteration": batch.k, "seed": batch.seeds[s], "index": i}
+        keys["evaluation"] = int(order[s, i])
+        if r.reason is not None:
+            keys["reason"] = r.reason
+        io.write_evaluation(batch.workdir, batch.system, xs[s, i], r.energy, r.forces, keys)
 
-        out = evaluator(batch.system, xs[s], oks[s], known=known, on_result=write)
-        e[s] = np.where(out.valid, out.energies, np.nan)
-        f[s] = out.forces
-        reasons.append(out.reasons)
+    flat = xs.reshape(n_seeds * n, *xs.shape[2:])
+    out = evaluator(batch.system, flat, oks.reshape(-1), known=known, on_result=write)
+    e = np.where(out.valid, out.energies, np.nan).reshape(n_seeds, n)
+    f = out.forces.reshape(xs.shape)
+    reasons = [tuple(out.reasons[s * n : (s + 1) * n]) for s in range(n_seeds)]
     return jnp.asarray(e, jnp.float32), jnp.asarray(f, jnp.float32), reasons
 
 
@@ -168,6 +179,7 @@ def run(
     max_iterations: int | None = None,
     progress: bool = True,
     seed_batch: int | None = None,
+    devices: list | None = None,
 ) -> RunState:
     """Run (or resume) GO-Diff for one or more seeds as one compiled program.
 
@@ -178,18 +190,22 @@ def run(
     running again on the same directory resumes where it stopped. `max_iterations` stops
     early (the run can be resumed later). `seed_batch` seeds are vmapped together inside
     each phase (default: all of them; fewer loops over groups, for memory); each seed's
-    results are those of a separate run with that seed. Returns the final RunState
-    (leading seed axis).
+    results are those of a separate run with that seed. `devices` (default: every local
+    device) share the work: the seeds, or each seed's samples (`godiff_jax.sharding`).
+    Returns the final RunState (leading seed axis).
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     io.write_config(workdir, config)
     in_jit = evaluator if isinstance(evaluator, JaxEvaluator) else None
+    vmapped = seed_batch is None or seed_batch >= len(seeds)
+    layout = sharding.plan(len(seeds), config.sampler.n_samples, devices) if vmapped else NO_LAYOUT
     search, sample_fn, eval_fn, update_fn = compiled_phases(
-        system, config, in_jit, len(seeds), seed_batch
+        system, config, in_jit, len(seeds), seed_batch, layout
     )
     state, clock, start = _start(search, workdir, seeds, init_params)
+    state = sharding.place(state, layout)
     stop = (
         config.n_iterations if max_iterations is None else min(config.n_iterations, max_iterations)
     )

@@ -48,6 +48,7 @@ def reverse_sample(
     corrector: Corrector | None = None,
     confine: bool = True,
     truncate_z: bool = False,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> jax.Array:
     """Draw n_samples structures [n_samples, M, 3] (Å) from the reverse SDE.
 
@@ -56,10 +57,15 @@ def reverse_sample(
     (`Corrector`),
     then z is clamped into the box and x/y wrapped into the cell. `truncate_z` draws the
     noise of each bounded coordinate from a normal truncated so that the step lands in the
-    box (as the reference's sampler does) before the clamp.
+    box (as the reference's sampler does) before the clamp. `sharding` lays the sample
+    axis out over devices (`godiff_jax.sharding`).
     """
+
+    def laid_out(x):
+        return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
     key_prior, key_steps = jax.random.split(key)
-    x = sample_prior(key_prior, system, n_samples) if x_init is None else x_init
+    x = laid_out(sample_prior(key_prior, system, n_samples) if x_init is None else x_init)
     ts, dt = reverse_times(n_steps, t_end)
     ts = ts.astype(x.dtype)
     noise_on = (jnp.arange(n_steps) < n_steps - 1).astype(x.dtype)
@@ -86,7 +92,7 @@ def reverse_sample(
             x, cstate = corrector.update(x, t, jnp.asarray(dt, x.dtype), cstate)
         if confine:
             x = system.confine(x)
-        return (x, cstate), None
+        return (laid_out(x), cstate), None
 
     keys = jax.random.split(key_steps, n_steps)
     cstate = None if corrector is None else corrector.init(x)

@@ -92,9 +92,15 @@ class GODiff:
     one seed's RunState; `runner.run` drives several seeds vmapped.
     """
 
-    def __init__(self, system: System, config: SearchConfig = SearchConfig()):
+    def __init__(
+        self,
+        system: System,
+        config: SearchConfig = SearchConfig(),
+        sample_sharding: jax.sharding.Sharding | None = None,
+    ):
         self.system = system
         self.config = config
+        self.sample_sharding = sample_sharding  # the sample axis over devices, or None
         self.model = ScoreModel(system, config.model)
         t = config.training
         self.optimizer = make_optimizer(
@@ -137,6 +143,7 @@ class GODiff:
             t_end=c.t_end,
             sde=self.config.sde,
             truncate_z=c.reverse_truncated_z,
+            sharding=self.sample_sharding,
         )
         # NaN positions fail this test too; the runner reports them apart from close pairs.
         ok = jax.vmap(lambda xi: min_distance(self.system, xi))(x) >= c.min_distance

@@ -1,7 +1,9 @@
-"""ASE calculators for the command-line tests (imported by `godiff run` subprocesses)."""
+"""ASE calculators for the tests: crashing, failing, hanging and slow ones (imported by
+`godiff run` subprocesses and Dask workers)."""
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from ase.calculators.emt import EMT
@@ -24,3 +26,55 @@ class CountedEMT(EMT):
         if n == self.kill_at and not Path(f"{self.log}.killed").exists():
             Path(f"{self.log}.killed").touch()
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as a crash
+
+
+class _CallCounter(EMT):
+    """ASE's EMT that appends one line to `log` per call (shared by every process)."""
+
+    def __init__(self, log, **kwargs):
+        super().__init__(**kwargs)
+        self.log = Path(log)
+
+    def _count(self) -> int:
+        with open(self.log, "a") as f:
+            f.write("call\n")
+        return len(self.log.read_text().splitlines())
+
+
+class FlakyEMT(_CallCounter):
+    """Raises on call number `fail_at` and every later call until `fail_times` calls failed."""
+
+    def __init__(self, log, fail_at=1, fail_times=1, **kwargs):
+        super().__init__(log, **kwargs)
+        self.fail_at, self.fail_times = int(fail_at), int(fail_times)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        n = self._count()
+        if self.fail_at <= n < self.fail_at + self.fail_times:
+            raise RuntimeError(f"SCF did not converge (call {n})")
+        super().calculate(atoms, properties, system_changes or [])
+
+
+class HangingEMT(_CallCounter):
+    """Hangs (sleeps `hang_s`) on call number `hang_at`, as a stuck DFT job."""
+
+    def __init__(self, log, hang_at=1, hang_s=3600.0, **kwargs):
+        super().__init__(log, **kwargs)
+        self.hang_at, self.hang_s = int(hang_at), float(hang_s)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        if self._count() == self.hang_at:
+            time.sleep(self.hang_s)
+        super().calculate(atoms, properties, system_changes or [])
+
+
+class SlowEMT(EMT):
+    """ASE's EMT plus a fixed sleep per call: an expensive calculator of known cost."""
+
+    def __init__(self, sleep_s=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.sleep_s = float(sleep_s)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        time.sleep(self.sleep_s)
+        super().calculate(atoms, properties, system_changes or [])

@@ -83,6 +83,16 @@ BAD = [
     ("[energy]\nmodel = 'dft'\n", "energy.model: unknown key 'dft'"),
     ("[energy]\nmodel = 'ase:no_such_module.Calc'\n", "cannot import"),
     ("[run]\nseeds = 0\n", "run.seeds: must be at least 1"),
+    ("[energy]\nmodel = 'emt'\n[energy.dask]\nretries = 1\n", "only for host calculators"),
+    (
+        "[energy]\nmodel = 'ase:ase.calculators.emt.EMT'\n[energy.dask]\nretries = -1\n",
+        "at least 0",
+    ),
+    (
+        "[energy]\nmodel = 'ase:ase.calculators.emt.EMT'\n[energy.dask]\ntimelimit = 9\n",
+        "'time_limit'",
+    ),
+    ("[energy]\nmodel = 'ase:ase.calculators.emt.EMT'\nfloor_per_atom = 'low'\n", "expected float"),
 ]
 
 
@@ -94,6 +104,42 @@ def test_bad_input_is_named_before_any_work(tmp_path, text, message):
     path.write_text(text + base)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_run(path)
+
+
+def test_universal_potentials_get_a_floor_that_scales_with_the_system(tmp_path, monkeypatch):
+    from godiff_jax import run_config
+
+    # A stand-in universal potential (the real ones live in their own environments).
+    monkeypatch.setitem(run_config.ML_POTENTIALS, "fakeml", ("ase.calculators.emt.EMT", {}))
+    monkeypatch.setitem(run_config.ML_POTENTIALS, "gone", ("no_such_pkg.Calc", {}))
+    spec = load_run(_write(tmp_path, "a.toml", model="fakeml"))
+    n_atoms = spec.system.n_atoms
+    assert spec.config.energy_floor == run_config.DEFAULT_FLOOR_PER_ATOM * n_atoms
+    spec = load_run(_write(tmp_path, "b.toml", model="fakeml", energy="floor_per_atom = -7.5"))
+    assert spec.config.energy_floor == -7.5 * n_atoms
+    spec = load_run(_write(tmp_path, "c.toml", model="fakeml", energy="floor_per_atom = false"))
+    assert spec.config.energy_floor is None
+    # any other ASE calculator has none unless asked; [buffer] energy_floor wins over it
+    model = "ase:ase.calculators.emt.EMT"
+    assert load_run(_write(tmp_path, "d.toml", model=model)).config.energy_floor is None
+    path = _write(tmp_path, "e.toml", model="fakeml")
+    path.write_text(path.read_text().replace("[buffer]", "[buffer]\nenergy_floor = -1.0"))
+    assert load_run(path).config.energy_floor == -1.0
+    with pytest.raises(ConfigError, match=r"pip install 'godiff_jax\[gone\]'"):
+        load_run(_write(tmp_path, "f.toml", model="gone"))
+
+
+def test_the_dask_table_makes_a_dask_evaluator(tmp_path):
+    pytest.importorskip("distributed")
+    from godiff_jax.dask_evaluator import DaskEvaluator
+    from godiff_jax.run_config import make_evaluator
+
+    energy = 'kwargs = {asap_cutoff = true}\n[energy.dask]\nscheduler = "tcp://nowhere:1"\n'
+    energy += "retries = 3\ntime_limit = 60\n"
+    spec = load_run(_write(tmp_path, "a.toml", model="ase:ase.calculators.emt.EMT", energy=energy))
+    ev = make_evaluator(spec)  # nothing connects until the first evaluation
+    assert isinstance(ev, DaskEvaluator) and (ev.retries, ev.time_limit) == (3, 60.0)
+    assert ev.make_calculator().parameters.get("asap_cutoff") is True
 
 
 def test_bad_input_exits_non_zero_without_traceback(tmp_path, capsys):
