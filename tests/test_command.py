@@ -241,3 +241,14 @@ def test_example_configs_are_valid(name):
         from godiff_jax.config import PAPER_SETTINGS
 
         assert spec.config == PAPER_SETTINGS[name]
+
+
+def test_the_sevennet_example_is_valid(monkeypatch):
+    import importlib.util
+
+    from godiff_jax import run_config
+
+    if importlib.util.find_spec("sevenn") is None:  # its own environment: a stand-in here
+        monkeypatch.setitem(run_config.ML_POTENTIALS, "sevennet", ("ase.calculators.emt.EMT", {}))
+    spec = load_run(TESTS.parent / "experiments" / "configs" / "heptamer_sevennet.toml")
+    assert spec.config.energy_floor == -15.0 * 79 and spec.energy["dask"]["n_workers"] == 2
