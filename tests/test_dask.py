@@ -119,11 +119,16 @@ def test_a_hung_task_is_cancelled_at_its_limit_and_masked(client, batch, serial,
     client.wait_for_workers(2, timeout=60)  # the hung worker was restarted
 
 
-def test_a_run_with_the_dask_evaluator_writes_every_result(client, tmp_path):
+def test_a_run_completes_through_a_killed_worker_and_writes_every_result(client, tmp_path):
     system = stepped_pt_adatom()  # TINY over seeds 0, 1 is compiled by test_report too
-    ev = DaskEvaluator(EMT, client=client)
+    make = functools.partial(calculators.CountedEMT, tmp_path / "calls", kill_at=4)
+    ev = DaskEvaluator(make, client=client)
     run_emt(system, TINY, tmp_path, evaluator=ev, seeds=[0, 1], progress=False, max_iterations=1)
+    assert (tmp_path / "calls.killed").exists()  # a worker died in the first iteration
     rows = io.read_evaluations(tmp_path, system, 0)
     assert sorted(rows) == [0, 1]
-    assert sum(len(r) for r in rows.values()) >= 10  # 2 seeds x 6 samples, less rejected
+    n = sum(len(r) for r in rows.values())
+    reasons = {r[2] for seed in rows.values() for r in seed.values()}
+    assert n >= 10 and reasons <= {None, REJECTED}  # nothing lost to the dead worker
     assert [m["seed"] for m in io.read_metrics(tmp_path)] == [0, 1]
+    client.wait_for_workers(2, timeout=60)
