@@ -173,16 +173,24 @@ def relax(
         x0 = x0.astype(jnp.result_type(float))
     fire = Fire(dt, maxstep, dtmax, n_min, finc, fdec, astart, fa)
     energy_forces = energy_forces_fn(energy_fn)
-    fmax = jnp.asarray(fmax, x0.dtype)
+    return run_to_fmax(
+        fire_init(energy_forces, x0, fire),
+        lambda s: fire_step(s, energy_forces, fire, confine),
+        fmax,
+        max_steps,
+    )
 
-    def cond(s: FireState):
+
+def run_to_fmax(state, step: Callable, fmax, max_steps: int) -> RelaxResult:
+    """Apply `step` to `state` (any optimiser state with x, energy, forces and step fields)
+    in a `lax.while_loop` until the largest per-atom force is below `fmax` or `max_steps`
+    steps are taken; FIRE here and BFGS (`godiff_jax.bfgs`) share it."""
+    fmax = jnp.asarray(fmax, state.x.dtype)
+
+    def cond(s):
         return (_max_force(s.forces) >= fmax) & (s.step < max_steps)
 
-    s = jax.lax.while_loop(
-        cond,
-        lambda s: fire_step(s, energy_forces, fire, confine),
-        fire_init(energy_forces, x0, fire),
-    )
+    s = jax.lax.while_loop(cond, step, state)
     final_fmax = _max_force(s.forces)
     return RelaxResult(
         positions=s.x,
