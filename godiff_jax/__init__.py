@@ -17,6 +17,14 @@ Architecture (one job per module; the README's "Layout" lists them):
   evaluator inside jit or an ASE one on any Executor) -> update (jitted) -> `records`
   (the one validity mask of the batch decides the archive, the database, the metrics and
   the success test) -> checkpoint. The wall clock is the host's (`records.RunClock`).
+- Host evaluators share one protocol and its bookkeeping (`evaluate.evaluate_host`): an
+  ASE calculator on an Executor (`AseEvaluator`) or on a Dask cluster
+  (`dask_evaluator.DaskEvaluator`: tasks, retries, time limits; dask is an optional
+  extra, imported only there). All seeds' structures of an iteration go out as one batch.
+- Devices: `sharding` lays the seed axis (or one seed's sample axis) over the local
+  devices; the jitted phases are unchanged, GSPMD partitions them.
+- Success tests: `analysis` holds EMT's (its minimum); `model_success` finds any other
+  model's own minimum by relaxing the reference structures with it.
 - Iterative pieces are (init, step) pairs in the optax / jax-md way: FIRE
   (`relax.fire_init`/`fire_step`), the sampler's `Corrector`, the kT controller
   (`schedule.Temperature`).
