@@ -174,8 +174,9 @@ def _command_parser() -> argparse.ArgumentParser:
         q.add_argument("--iterations", type=int, default=None, help="stop after this many")
         q.add_argument("--no-progress", action="store_true")
     sub.choices["resume"].add_argument("workdir", help="a run directory made by godiff run")
-    rep = sub.add_parser("report", help="summary of a run directory")
+    rep = sub.add_parser("report", help="figures, summary and best structures of a run directory")
     rep.add_argument("workdir")
+    rep.add_argument("--out", default=None, help="folder for the report (default WORKDIR/report)")
     sub.add_parser("systems", help="the built-in systems and energy models")
     return p
 
@@ -257,20 +258,11 @@ def _command_run(args) -> None:
 
 
 def _command_report(args) -> None:
-    workdir = Path(args.workdir)
-    rows = io.read_metrics(workdir)
-    if not rows:
-        raise ValueError(f"{workdir} holds no run (no {io.METRICS} with rows)")
-    seeds = sorted({r["seed"] for r in rows})
-    last = {s: [r for r in rows if r["seed"] == s][-1] for s in seeds}
-    print(f"{workdir}: {len(seeds)} seed(s), {max(r['iteration'] for r in rows) + 1} iterations")
-    print("seed  evaluations  best_energy_eV  first_success_eval")
-    for s, r in last.items():
-        fs = r["first_success_evaluation"]
-        print(f"{s:4d}  {r['evaluations']:11d}  {r['best_energy']:14.4f}  {fs or '-':>18}")
-    n = sum(r["first_success_evaluation"] is not None for r in last.values())
-    print(f"successes: {n}/{len(seeds)}")
-    print("(figures and structure files: `godiff report` grows them with the baselines issue)")
+    from godiff_jax.report import write_report
+
+    text, files = write_report(Path(args.workdir), args.out)
+    print(text, end="")
+    print(f"wrote {', '.join(f.name for f in files)} to {files[0].parent}")
 
 
 def _command_systems(args) -> None:

@@ -12,6 +12,10 @@ relaxing the reference structures with that model, template rigid:
   energy are the model's. A candidate succeeds within `tol_r` Å of a relaxed site or with a
   single point within `tol_e` eV of the model's minimum.
 
+Without a relaxation (`structure_success_fn`): the heptamer by its bond graph alone (the
+paper's test), the adatom by its distance to EMT's minimum sites alone. For calculators
+whose relaxations would cost real evaluations (DFT through ASE), not counted by the run.
+
 `relax(xs [B, M, 3]) -> (positions [B, M, 3], energies [B], converged [B])` is the model's
 relaxer: `jax_relaxer` for a JAX energy, `ase_interop.ase_relaxer` for an ASE calculator.
 Relaxations of candidates are not counted as evaluations (as in `analysis`), and on an
@@ -105,5 +109,21 @@ def model_success_fn(
         strict = np.zeros_like(ok)
         strict[todo] = np.abs(e - ref.energy) <= tol
         return strict
+
+    return heptamer
+
+
+def structure_success_fn(system_name: str, system: System, tol_r: float = 0.3):
+    """The tests that need no energy model: the heptamer's bond graph (the paper's test),
+    the adatom within `tol_r` Å of one of EMT's minimum sites."""
+    if system_name == "adatom":
+
+        def adatom(positions, energies, valid):
+            return np.asarray(adatom_success(system, positions, None, tol_r=tol_r)) & valid
+
+        return adatom
+
+    def heptamer(positions, energies, valid):
+        return np.asarray(_is_wheel_batch(system, np.asarray(positions))) & np.asarray(valid)
 
     return heptamer

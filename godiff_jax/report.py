@@ -1,20 +1,36 @@
-"""Search quality of a finished run directory: per-seed rows and the set's summary.
+"""Search quality of a finished run directory: per-seed rows, the set's summary, and the
+report `godiff report WORKDIR` writes (also `python -m godiff_jax.report WORKDIR`).
 
 Everything is computed after the run from `structures.db` (every evaluated structure with
 its evaluation index) and `metrics.jsonl` (timings, training health), so a run can be
 scored again with another success test. The rows are what `benchmarks/quality.py` writes
 to `benchmarks/results/NAME.json` (schema in benchmarks/results/README.md).
+
+`write_report` puts into WORKDIR/report/: `best_energy.png`, `success_fraction.png`
+(where a success test applies), `figure1_adatom.png` (the adatom with EMT), `summary.txt`
+and `best_seed{N}.extxyz`, each seed's lowest-energy structure with its energy and forces.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import ase.db
+import ase.io
 import numpy as np
+from ase.constraints import FixAtoms
 
-from godiff_jax import io
+from godiff_jax import io, plots
+from godiff_jax.analysis import (
+    ADATOM_EMT_MINIMUM,
+    HEPTAMER_EMT_MINIMUM,
+    stepped_pt_adatom_minimum_sites,
+    success_fn,
+)
+from godiff_jax.ase_interop import from_atoms, to_atoms
 from godiff_jax.system import System
 
 # tests(positions [N, M, 3], energies [N]) -> {"strict": bool [N], "graph": bool [N] | None}
@@ -23,13 +39,17 @@ SuccessTests = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray | None]]
 
 def read_evaluated(workdir: Path, system: System) -> dict[int, dict[str, np.ndarray]]:
     """Per seed: evaluation index [N], energy [N] (eV), mobile positions [N, M, 3], iteration
-    [N], sorted by evaluation index (structures with a finite energy only)."""
+    [N] and database row id [N], sorted by evaluation index (structures with a finite
+    energy only)."""
     out: dict[int, dict[str, list]] = {}
     with ase.db.connect(Path(workdir) / io.DATABASE) as db:
         for row in db.select():
             if not row.get("valid", True):
                 continue  # failed, non-finite or below energy_floor: not a candidate
-            d = out.setdefault(int(row.seed), {"evaluation": [], "energy": [], "x": [], "it": []})
+            d = out.setdefault(
+                int(row.seed), {"evaluation": [], "energy": [], "x": [], "it": [], "id": []}
+            )
+            d["id"].append(row.id)
             d["evaluation"].append(int(row.evaluation))
             d["energy"].append(float(row.energy))
             d["x"].append(np.asarray(row.positions)[system.n_template :])
@@ -42,6 +62,7 @@ def read_evaluated(workdir: Path, system: System) -> dict[int, dict[str, np.ndar
             "energy": np.asarray(d["energy"])[order],
             "positions": np.asarray(d["x"])[order],
             "iteration": np.asarray(d["it"])[order],
+            "id": np.asarray(d["id"])[order],
         }
     return seeds
 
@@ -67,15 +88,18 @@ def seed_rows(
     e_min: float,
     budget: int,
     grid_step: int = 16,
+    evaluated: dict | None = None,
 ) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    """Per-seed rows, the evaluation grid and the per-seed best-above-minimum curves.
+    """Per-seed rows, the evaluation grid and the per-seed best-above-minimum curves
+    (`evaluated`: `read_evaluated`'s result, when the caller has read it already).
 
     Each row: seed, evaluations, first success (strict and graph-only: evaluation index and
     program seconds, None when never), best single point above `e_min`, and training health
     (skipped steps, the first iteration with non-finite parameters or samples, clipped share).
     """
     metrics = io.read_metrics(workdir)
-    evaluated = read_evaluated(workdir, system)
+    if evaluated is None:
+        evaluated = read_evaluated(workdir, system)
     grid = np.arange(grid_step, budget + 1, grid_step)
     rows, curves = [], []
     for seed in sorted({r["seed"] for r in metrics}):
@@ -155,3 +179,316 @@ def summarise(
     out["curve_evaluations"] = grid.tolist()
     out["curve_mean_best_above_min"] = np.nanmean(curves, axis=0).tolist() if len(curves) else []
     return out
+
+
+# --------------------------------------------------------------------------------------
+# The report of a run directory
+# --------------------------------------------------------------------------------------
+
+KNOWN_MINIMA = {"heptamer": HEPTAMER_EMT_MINIMUM, "adatom": ADATOM_EMT_MINIMUM}  # eV, EMT
+STRICT_TESTS = {
+    "heptamer": "the wheel bond graph, relaxing to within 0.05 eV of the minimum",
+    "adatom": "within 0.3 Å of a minimum site, or a single point within 0.1 eV of the minimum",
+}
+
+
+def check_run(workdir: Path) -> None:
+    """ValueError, naming the directory and what it lacks, unless it holds a run."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise ValueError(f"{workdir} is not a directory")
+    missing = [name for name in (io.METRICS, io.DATABASE) if not (workdir / name).is_file()]
+    if missing:
+        raise ValueError(f"{workdir} holds no run: no {' and no '.join(missing)}")
+    if not io.read_metrics(workdir):
+        raise ValueError(f"{workdir} holds no run: {io.METRICS} has no rows")
+
+
+def run_system(workdir: Path) -> tuple[System, str | None]:
+    """The searched system, read off the first structure in structures.db.
+
+    A built-in system ("heptamer", "adatom") when the structure's species, template and
+    cell are that system's; otherwise a System of the structure (template: its fixed
+    atoms) and None: enough to read and write the run's structures, not to search.
+    """
+    from godiff_jax.run_config import BUILTIN
+
+    with ase.db.connect(Path(workdir) / io.DATABASE) as db:
+        row = next(iter(db.select(limit=1)), None)
+    if row is None:
+        raise ValueError(f"{workdir} holds no run: {io.DATABASE} has no structures")
+    atoms = row.toatoms()
+    for name, make in BUILTIN.items():
+        system = make()
+        if np.allclose(atoms.cell.array, system.cell, atol=1e-6):
+            try:
+                from_atoms(system, atoms)
+                return system, name
+            except ValueError:
+                pass
+    fixed = [i for c in atoms.constraints if isinstance(c, FixAtoms) for i in c.index]
+    n = len(fixed)  # to_atoms writes the template first, every template atom fixed
+    pbc = tuple(bool(p) for p in atoms.pbc)
+    return System(
+        name=Path(workdir).name,
+        mode="surface" if pbc[0] and pbc[1] else "cluster",
+        template_positions=atoms.positions[:n],
+        template_numbers=atoms.numbers[:n],
+        mobile_numbers=atoms.numbers[n:],
+        cell=atoms.cell.array,
+        pbc=pbc,
+        box_lo=np.zeros(3),
+        box_hi=np.zeros(3),
+    ), None
+
+
+def energy_model(workdir: Path) -> str | None:
+    """The [energy] model of a run made by `godiff run` (its run.json); None for a run
+    made from Python or by the experiment scripts, which do not record it."""
+    from godiff_jax.cli import RUN_RECORD
+
+    path = Path(workdir) / RUN_RECORD
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())["config"].get("energy", {}).get("model", "emt")
+
+
+def known_minimum(name: str | None, best_energy: float) -> float | None:
+    """The EMT minimum of a built-in system, unless the run's energies go below it: then
+    they are another energy model's (universal potentials and DFT codes give energies far
+    below EMT's), and no minimum or success test of ours applies."""
+    e_min = KNOWN_MINIMA.get(name)
+    return e_min if e_min is not None and best_energy > e_min - 0.01 else None
+
+
+def strict_tests(name: str | None, system: System) -> SuccessTests:
+    """`seed_rows`' tests: the built-in system's strict test (`analysis.success_fn`, what
+    the run itself applied), 256 structures at a time up to the first success (heptamer
+    candidates are relaxed); no test (None) for any other system."""
+    fn = success_fn(name, system) if name else None
+
+    def tests(x, e):
+        if fn is None:
+            return {"strict": None, "graph": None}
+        strict = np.zeros(len(x), bool)
+        for start in range(0, len(x), 256):
+            chunk = slice(start, start + 256)
+            ok = np.asarray(fn(x[chunk], e[chunk], np.ones(len(x[chunk]), bool)))
+            strict[chunk] = ok
+            if ok.any():
+                break
+        return {"strict": strict, "graph": None}
+
+    return tests
+
+
+def adatom_landscape(
+    system: System, nx: int = 24, ny: int = 16, energy_fn=None, height: float = 2.6
+) -> dict:
+    """The relaxed energy over the surface plane, for `plots.adatom_figure`.
+
+    The adatom starts at each point of an nx x ny grid of fractional x/y over the cell
+    (cell centres), `height` Å from the nearest slab atom (minimum image in x/y), and
+    relaxes in z with x/y held at the grid point (FIRE to 0.01 eV/Å; `energy_fn` default
+    the JAX EMT), so the map is the energy of each placement, not the basin it falls into.
+    Returns {"frac" [nx, ny, 2], "cell" [2, 2] Å, "energy" [nx, ny] eV}.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from godiff_jax.potentials.emt import emt_energy_fn
+    from godiff_jax.relax import relax_batch
+
+    if energy_fn is None:
+        energy_fn = emt_energy_fn(system)
+    u, v = (np.arange(nx) + 0.5) / nx, (np.arange(ny) + 0.5) / ny
+    frac = np.stack(np.meshgrid(u, v, indexing="ij"), axis=-1)  # [nx, ny, 2]
+    cell = np.asarray(system.cell[:2, :2], float)
+    xy = frac.reshape(-1, 2) @ cell
+    images = np.array([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)]) @ cell
+    slab = np.asarray(system.template_positions, float)
+    d = np.linalg.norm(
+        xy[:, None, None] - (slab[None, None, :, :2] + images[None, :, None]), axis=-1
+    )
+    d = d.min(axis=1)  # [G, n_template], minimum image in x/y
+    z = np.max(slab[None, :, 2] + np.sqrt(np.maximum(0.0, height**2 - d**2)), axis=1)
+    starts = np.concatenate([xy, z[:, None]], axis=1)[:, None, :]  # [G, 1, 3]
+
+    def z_only(x):  # x/y forces vanish: FIRE moves the adatom along z only
+        return energy_fn(jnp.concatenate([jax.lax.stop_gradient(x[:, :2]), x[:, 2:]], axis=1))
+
+    res = relax_batch(z_only, jnp.asarray(starts), fmax=0.01, confine=system.confine)
+    return {"frac": frac, "cell": cell, "energy": np.asarray(res.energy).reshape(nx, ny)}
+
+
+def seed_samples(workdir: Path, system: System, seed: int, evaluated: dict | None = None):
+    """One seed's evaluated structures for `plots.adatom_figure`: x/y of every mobile atom
+    [N * M, 2] Å, and per point its iteration's kT (eV, from the metrics), iteration and
+    the structure's energy (eV)."""
+    d = (evaluated or read_evaluated(workdir, system)).get(seed)
+    if d is None:
+        raise ValueError(f"{workdir}: seed {seed} has no evaluated structure")
+    kT = {r["iteration"]: r["kT"] for r in io.read_metrics(workdir) if r["seed"] == seed}
+    m = system.n_mobile
+    return {
+        "xy": d["positions"][:, :, :2].reshape(-1, 2),
+        "kT": np.repeat([kT[int(i)] for i in d["iteration"]], m),
+        "iteration": np.repeat(d["iteration"], m),
+        "energy": np.repeat(d["energy"], m),
+    }
+
+
+def adatom_run_figure(
+    workdir: Path,
+    system: System,
+    seed: int,
+    path: Path,
+    e_min: float = ADATOM_EMT_MINIMUM,
+    grid: tuple[int, int] = (24, 16),
+    evaluated: dict | None = None,
+) -> Path:
+    """Figure 1 of one seed of an adatom run (`stepped_pt_adatom()`, EMT)."""
+    metrics = [r for r in io.read_metrics(workdir) if r["seed"] == seed]
+    return plots.adatom_figure(
+        adatom_landscape(system, *grid),
+        seed_samples(workdir, system, seed, evaluated),
+        metrics,
+        path,
+        e_min,
+        sites=stepped_pt_adatom_minimum_sites(),
+        title=f"Pt adatom on stepped Pt(111), EMT: {Path(workdir).name}, seed {seed}",
+    )
+
+
+def write_best_structure(workdir: Path, system: System, d: dict, seed: int, path: Path):
+    """The seed's lowest-energy structure (`read_evaluated`'s `d`) as an extxyz file:
+    template and mobile atoms, its energy and forces, seed/evaluation/iteration in info."""
+    i = int(np.argmin(d["energy"]))
+    with ase.db.connect(Path(workdir) / io.DATABASE) as db:
+        row = db.get(id=int(d["id"][i]))
+    atoms = to_atoms(
+        system,
+        d["positions"][i],
+        energy=float(d["energy"][i]),
+        forces=row.get("forces"),
+        info={
+            "seed": seed,
+            "evaluation": int(d["evaluation"][i]),
+            "iteration": int(d["iteration"][i]),
+        },
+    )
+    ase.io.write(path, atoms, format="extxyz")
+    return path
+
+
+def write_report(
+    workdir: Path, out: Path | None = None, grid: tuple[int, int] = (24, 16)
+) -> tuple[str, list[Path]]:
+    """Write the report of a run directory into `out` (default WORKDIR/report); returns
+    the summary's text and the files written. `grid`: Figure 1's landscape grid."""
+    workdir = Path(workdir)
+    check_run(workdir)
+    out = Path(out) if out is not None else workdir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    system, name = run_system(workdir)
+    evaluated = read_evaluated(workdir, system)
+    metrics = io.read_metrics(workdir)
+    seeds = sorted({r["seed"] for r in metrics})
+    found = {s: d for s, d in evaluated.items() if d["energy"].size}
+    best_energy = min((float(d["energy"].min()) for d in found.values()), default=np.inf)
+    model = energy_model(workdir)
+    e_min = known_minimum(name, best_energy)
+    tested = e_min is not None  # the built-in systems with a minimum have a strict test
+    budget = max(r["evaluations"] for r in metrics)
+    rows, grid_e, curves = seed_rows(
+        workdir,
+        system,
+        strict_tests(name if tested else None, system),
+        0.0 if e_min is None else e_min,
+        budget,
+        grid_step=max(1, budget // 160),
+        evaluated=evaluated,
+    )
+    arm = {
+        "curve_evaluations": grid_e,
+        "curves": curves,
+        "rows": rows,
+        "budget": budget,
+        "successes": None,
+        "first_success": None,
+    }
+    if tested:
+        hits = [r["first_success_strict"] for r in rows]
+        arm["successes"] = f"{sum(h is not None for h in hits)}/{len(rows)}"
+        arm["first_success"] = hits
+    label = f"{name or system.name} ({system.formula})"
+    files = [
+        plots.best_energy_figure(
+            {workdir.name: arm},
+            out / "best_energy.png",
+            title=f"{label}: best energy against evaluations",
+            above_minimum=e_min is not None,
+        )
+    ]
+    if tested:
+        files.append(
+            plots.success_fraction_figure(
+                {workdir.name: arm},
+                out / "success_fraction.png",
+                title=f"{label}: seeds succeeded against evaluations",
+            )
+        )
+    if name == "adatom" and e_min is not None and seeds[0] in found:
+        files.append(
+            adatom_run_figure(
+                workdir, system, seeds[0], out / "figure1_adatom.png", e_min, grid, evaluated
+            )
+        )
+    for s, d in found.items():
+        files.append(write_best_structure(workdir, system, d, s, out / f"best_seed{s}.extxyz"))
+    text = _summary_text(workdir, system, name, model, e_min, rows, found, tested)
+    (out / "summary.txt").write_text(text)
+    files.append(out / "summary.txt")
+    return text, files
+
+
+def _column(value, width: int, spec: str = "") -> str:
+    return f"{'-' if value is None else format(value, spec):>{width}}"
+
+
+def _summary_text(workdir, system, name, model, e_min, rows, found, tested) -> str:
+    lines = [
+        f"run: {workdir}",
+        f"system: {name or 'not a built-in system'}, {system.formula} on "
+        f"{system.n_template} template atoms",
+        f"energy model: {model or 'not recorded (no run.json)'}",
+        f"minimum: {e_min} eV (EMT)" if e_min is not None else "minimum: not known",
+        f"success test: {STRICT_TESTS[name]}" if tested else "success test: none applies",
+        "seed  evaluations  iterations  best_energy_eV  above_minimum_eV  first_success",
+    ]
+    for r in rows:
+        d = found.get(r["seed"])
+        best = None if d is None else float(d["energy"].min())
+        above = None if e_min is None else r["best_energy_above_min"]
+        lines.append(
+            f"{r['seed']:4d}  {r['evaluations']:11d}  {r['iterations']:10d}  "
+            f"{_column(best, 14, '.6f')}  {_column(above, 16, '.6f')}  "
+            f"{_column(r['first_success_strict'] if tested else None, 13)}"
+        )
+    if found:
+        s, d = min(found.items(), key=lambda kv: kv[1]["energy"].min())
+        i = int(np.argmin(d["energy"]))
+        lines.append(
+            f"overall best: {d['energy'][i]:.6f} eV, seed {s}, evaluation "
+            f"{int(d['evaluation'][i])}, iteration {int(d['iteration'][i])} (best_seed{s}.extxyz)"
+        )
+    if tested:
+        n = sum(r["first_success_strict"] is not None for r in rows)
+        lines.append(f"successes: {n}/{len(rows)} seeds")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from godiff_jax.cli import main
+
+    main(["report", *sys.argv[1:]])

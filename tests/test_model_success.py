@@ -49,3 +49,19 @@ def test_candidates_are_judged_as_the_emt_tests_judge_them():
     ours = model_success_fn("heptamer", system, jax_relaxer(energy))(xs, e, valid)
     np.testing.assert_array_equal(ours, success_fn("heptamer", system)(xs, e, valid))
     assert ours.tolist() == [True, True, False, False]
+
+
+def test_without_a_model_the_structure_alone_decides():
+    from godiff_jax.model_success import structure_success_fn
+
+    system = stepped_pt_adatom()
+    sites = stepped_pt_adatom_minimum_sites()
+    xs = np.stack([sites[:1], sites[:1] + [0.2, 0.0, 0.0], sites[:1] + [0.0, 0.5, 0.0]])
+    e = np.array([99.0, 99.0, ADATOM_EMT_MINIMUM])  # energies play no part
+    ok = structure_success_fn("adatom", system)(xs, e, np.array([True, True, True]))
+    assert ok.tolist() == [True, True, False]
+    hept = pt111_heptamer()
+    island = heptamer_island(hept, "hcp")
+    xs = np.stack([island + 0.3, island * np.array([1.3, 1.3, 1.0])])  # shifted; spread apart
+    ok = structure_success_fn("heptamer", hept)(xs, np.zeros(2), np.array([True, True]))
+    assert ok.tolist() == [True, False]

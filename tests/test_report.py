@@ -1,15 +1,35 @@
 """Scoring a finished run directory after the fact (godiff_jax.report, benchmarks/quality.py)."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+import ase.db
+import ase.io
 import numpy as np
 import pytest
 from conftest import TINY, run_emt
 
-from godiff_jax import stepped_pt_adatom
-from godiff_jax.report import best_curve, seed_rows, summarise
+from godiff_jax import io, stepped_pt_adatom
+from godiff_jax.analysis import (
+    ADATOM_EMT_MINIMUM,
+    HEPTAMER_EMT_MINIMUM,
+    adatom_success,
+    stepped_pt_adatom_minimum_sites,
+)
+from godiff_jax.plots import success_fraction
+from godiff_jax.report import (
+    adatom_landscape,
+    best_curve,
+    known_minimum,
+    run_system,
+    seed_rows,
+    strict_tests,
+    summarise,
+    write_report,
+)
+from godiff_jax.system import make_surface_system
 
 
 def test_best_curve_hand_computed():
@@ -106,3 +126,137 @@ def test_quality_script_writes_its_schema(finished_run, tmp_path):
     assert {"name", "commit", "machine", "settings", "summary", "rows", "curves"} <= set(out)
     assert out["summary"]["budget"] == 12 and out["summary"]["successes_graph"] is None
     assert len(out["rows"]) == 2 and (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_success_fraction_hand_computed():
+    # successes at 100 and 300 of 4 seeds; one after the budget does not count
+    x, frac = success_fraction([300, None, 100, 700], budget=500)
+    assert x.tolist() == [0, 100, 300, 500]
+    np.testing.assert_allclose(frac, [0.0, 0.25, 0.5, 0.5])
+    x, frac = success_fraction([None, None], budget=64)
+    assert x.tolist() == [0, 64] and frac.tolist() == [0.0, 0.0]
+
+
+def test_known_minimum_only_for_emt_energies():
+    assert known_minimum("adatom", 5.9) == ADATOM_EMT_MINIMUM
+    assert known_minimum("heptamer", 25.3) == HEPTAMER_EMT_MINIMUM
+    assert known_minimum("heptamer", -412.0) is None  # another energy model's energies
+    assert known_minimum(None, 5.9) is None
+
+
+def test_strict_tests_stop_at_the_first_chunk_with_a_success():
+    system = stepped_pt_adatom()
+    x = np.tile([[[0.5, 0.5, 9.0]]], (300, 1, 1))  # far above the slab: no success
+    x[[100, 280], 0] = stepped_pt_adatom_minimum_sites()
+    e = np.full(300, 50.0)
+    ok = strict_tests("adatom", system)(x, e)
+    assert np.flatnonzero(ok["strict"]).tolist() == [100] and ok["graph"] is None
+    x[100, 0] = [0.5, 0.5, 9.0]  # the one at 280 is then found, in the second chunk
+    assert np.flatnonzero(strict_tests("adatom", system)(x, e)["strict"]).tolist() == [280]
+    assert strict_tests(None, system)(x, e) == {"strict": None, "graph": None}
+
+
+def test_adatom_landscape_finds_the_minimum_sites():
+    """The z-relaxed map's lowest placement lies next to a minimum site, near its energy."""
+    system = stepped_pt_adatom()
+    land = adatom_landscape(system, 24, 16)
+    i = np.unravel_index(np.argmin(land["energy"]), land["energy"].shape)
+    xy = land["frac"][i] @ land["cell"]
+    site = stepped_pt_adatom_minimum_sites()[:, :2]
+    assert np.min(np.linalg.norm(site - xy, axis=1)) < 0.5  # grid spacing ~0.35 Å
+    assert 0.0 <= land["energy"][i] - ADATOM_EMT_MINIMUM < 0.05
+    assert land["energy"].max() - ADATOM_EMT_MINIMUM > 1.0  # on top of slab atoms
+
+
+def test_run_system_is_read_off_the_database(finished_run, tmp_path):
+    system, workdir = finished_run
+    found, name = run_system(workdir)
+    assert name == "adatom" and found.n_template == 20 and found.formula == "Pt"
+    # another system on the same slab: rebuilt from the stored structure, not a built-in
+    other = make_surface_system(system.template_atoms(), "Cu2", (0.5, 4.0))
+    x = system.template_positions[-2:] + [0.0, 0.0, 2.5]
+    io.write_evaluation(tmp_path, other, x, 1.0, np.zeros((2, 3)), {"seed": 0, "evaluation": 1})
+    found, name = run_system(tmp_path)
+    assert name is None and found.n_template == 20 and found.mobile_numbers.tolist() == [29, 29]
+    np.testing.assert_allclose(found.template_positions, system.template_positions)
+
+
+def _summary_rows(text):
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0].isdigit():
+            rows[int(parts[0])] = parts
+    return rows
+
+
+def test_report_writes_figures_summary_and_structures(finished_run, tmp_path, capsys):
+    from godiff_jax.cli import main
+
+    system, workdir = finished_run
+    out = tmp_path / "rep"
+    main(["report", str(workdir), "--out", str(out)])
+    printed = capsys.readouterr().out
+    for name in ("best_energy.png", "success_fraction.png", "figure1_adatom.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    text = (out / "summary.txt").read_text()
+    assert text in printed and f"minimum: {ADATOM_EMT_MINIMUM} eV" in text
+
+    metrics = io.read_metrics(workdir)
+    last = {
+        s: max((r for r in metrics if r["seed"] == s), key=lambda r: r["iteration"]) for s in (0, 1)
+    }
+    # the first success by the adatom test, straight from the database rows
+    with ase.db.connect(workdir / io.DATABASE) as db:
+        db_rows = sorted(db.select(), key=lambda r: (r.seed, r.evaluation))
+    table = _summary_rows(text)
+    assert sorted(table) == [0, 1]
+    for seed, parts in table.items():
+        evaluations, iterations, best, above, hit = parts[1:]
+        assert int(evaluations) == last[seed]["evaluations"] and int(iterations) == 2
+        assert float(best) == pytest.approx(last[seed]["best_energy"], abs=1e-6)
+        assert float(above) == pytest.approx(
+            last[seed]["best_energy"] - ADATOM_EMT_MINIMUM, abs=1e-6
+        )
+        mine = [r for r in db_rows if r.seed == seed and r.get("valid", True)]
+        ok = [
+            r.evaluation
+            for r in mine
+            if adatom_success(system, r.positions[None, system.n_template :], r.energy)[0]
+        ]
+        assert hit == (str(ok[0]) if ok else "-")
+
+        atoms = ase.io.read(out / f"best_seed{seed}.extxyz")
+        assert len(atoms) == system.n_atoms == 21
+        assert atoms.get_potential_energy() == pytest.approx(last[seed]["best_energy"], abs=1e-6)
+        best_row = min(mine, key=lambda r: r.energy)
+        np.testing.assert_allclose(atoms.positions, best_row.positions, atol=1e-8)
+        np.testing.assert_allclose(atoms.get_forces(), best_row.forces, atol=1e-8)
+        assert np.abs(atoms.get_forces()[-1]).max() > 0 and atoms.info["seed"] == seed
+    overall = min(last.values(), key=lambda r: r["best_energy"])
+    assert f"overall best: {overall['best_energy']:.6f} eV, seed {overall['seed']}," in text
+
+
+def test_report_of_a_directory_without_a_run_fails(tmp_path, capsys):
+    from godiff_jax.cli import main
+
+    with pytest.raises(
+        ValueError, match=f"{tmp_path} holds no run: no metrics.jsonl and no structures.db"
+    ):
+        write_report(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["report", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"godiff report: error: {tmp_path} holds no run")
+    (tmp_path / io.METRICS).write_text("")
+    with pytest.raises(ValueError, match="no structures.db$"):
+        write_report(tmp_path)
+    # the module entry point answers the same, as a command
+    out = subprocess.run(
+        [sys.executable, "-m", "godiff_jax.report", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "missing is not a directory" in out.stderr

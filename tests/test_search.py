@@ -159,7 +159,7 @@ def test_seed_batch_reaches_the_compiled_phases(system, tmp_path, monkeypatch):
     compiled = runner_module.compiled_phases
 
     def spy(*args):
-        seen.append(args[3:])
+        seen.append(args[3:5])  # n_seeds, seed_batch
         return compiled(*args)
 
     monkeypatch.setattr(runner_module, "compiled_phases", spy)
