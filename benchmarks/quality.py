@@ -142,13 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarise(rows, budget, grid, curves, available)
     summary["wall_seconds_program"] = wall
     result = {
-        "name": args.name,
-        "system": args.system,
-        "command": " ".join(["python", "benchmarks/quality.py", *(argv or sys.argv[1:])]),
-        "commit": commit,
-        "dirty": dirty,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_summary(),
+        **result_header(args.name, args.system, "quality.py", argv, commit, dirty),
         "preset": args.preset,
         "overrides": args.set,
         "settings": config.to_dict(),
@@ -156,28 +150,38 @@ def main(argv: list[str] | None = None) -> None:
         "e_min": e_min,
         "summary": summary,
         "rows": rows,
-        "curves": np.where(np.isfinite(curves), curves, -1.0).tolist(),  # -1: none yet
     }
-    out = Path(args.out)
+    write_result(result, Path(args.out), grid, curves, f"{args.system}: {args.name}")
+
+
+def result_header(name, system, script, argv, commit, dirty) -> dict:
+    """The fields every result file starts with: what ran, where, when, from which code."""
+    return {
+        "name": name,
+        "system": system,
+        "command": " ".join(["python", f"benchmarks/{script}", *(argv or sys.argv[1:])]),
+        "commit": commit,
+        "dirty": dirty,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_summary(),
+    }
+
+
+def write_result(result: dict, out: Path, grid, curves, title: str) -> None:
+    """NAME.json (with the per-seed curves) and NAME.png in `out`; prints the table."""
+    result = dict(result, curves=np.where(np.isfinite(curves), curves, -1.0).tolist())  # -1: none
+    name = result["name"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # e.g. a bare GPU machine: the JSON is the result, the PNG can follow
         print("matplotlib not installed: no figure (benchmarks/quality_table.py draws it later)")
         print_table(result)
         return
-    best_energy_figure(
-        {
-            args.name: {
-                "curve_evaluations": grid,
-                "curves": curves,
-                "successes": f"{summary['successes_strict']}/{len(rows)}",
-            }
-        },
-        out / f"{args.name}.png",
-        title=f"{args.system}: {args.name}",
-    )
+    successes = f"{result['summary']['successes_strict']}/{len(result['rows'])}"
+    arm = {"curve_evaluations": grid, "curves": curves, "successes": successes}
+    best_energy_figure({name: arm}, out / f"{name}.png", title=title)
     print_table(result)
 
 

@@ -15,24 +15,20 @@ in the quality harness's schema (benchmarks/results/README.md) and NAME.png.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from godiff_jax import pt111_heptamer
 from godiff_jax.baselines import AGOX_DEFAULTS, AgoxSettings, make_search, run_search, score
-from godiff_jax.plots import best_energy_figure
 from godiff_jax.potentials.emt import emt_energy_fn
 from godiff_jax.report import summarise
-from godiff_jax.runtime import keep_heap_memory, machine_summary
+from godiff_jax.runtime import keep_heap_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import RESULTS, git, heptamer_tests, print_table  # noqa: E402
+from quality import RESULTS, git, heptamer_tests, result_header, write_result  # noqa: E402
 
 METHODS = {
     "rss": ("rss.py", 10_000, "cpu_heptamer8_rss"),
@@ -99,14 +95,8 @@ def main(method: str = "rss", argv: list[str] | None = None) -> dict:
 
     defaults = AgoxSettings()
     result = {
-        "name": args.name,
-        "system": "heptamer",
+        **result_header(args.name, "heptamer", script, argv, commit, dirty),
         "method": method,
-        "command": " ".join(["python", f"benchmarks/{script}", *(argv or sys.argv[1:])]),
-        "commit": commit,
-        "dirty": dirty,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_summary(),
         "preset": None,
         "overrides": [
             f"{k}={v}" for k, v in settings._asdict().items() if v != getattr(defaults, k)
@@ -122,23 +112,10 @@ def main(method: str = "rss", argv: list[str] | None = None) -> dict:
         "e_min": e_min,
         "summary": summary,
         "rows": rows,
-        "curves": np.where(np.isfinite(curves), curves, -1.0).tolist(),  # -1: none yet
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
-    best_energy_figure(
-        {
-            args.name: {
-                "curve_evaluations": grid,
-                "curves": curves,
-                "successes": f"{summary['successes_strict']}/{len(rows)}",
-            }
-        },
-        out / f"{args.name}.png",
-        title=f"heptamer: {method.replace('_', ' ')} (AGOX defaults), EMT",
-    )
-    print_table(result)
+    title = f"heptamer: {method.replace('_', ' ')} (AGOX defaults), EMT"
+    write_result(result, out, grid, curves, title)
     print("seed  relaxations  capped  mean_steps  accepted")
     for r in rows:
         steps = r["mean_relax_steps"]

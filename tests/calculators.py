@@ -1,4 +1,4 @@
-"""ASE calculators for the tests: crashing, failing, hanging and slow ones (imported by
+"""ASE calculators for the tests: crashing, failing and hanging ones (imported by
 `godiff run` subprocesses and Dask workers)."""
 
 import os
@@ -65,16 +65,4 @@ class HangingEMT(_CallCounter):
     def calculate(self, atoms=None, properties=("energy",), system_changes=None):
         if self._count() == self.hang_at:
             time.sleep(self.hang_s)
-        super().calculate(atoms, properties, system_changes or [])
-
-
-class SlowEMT(EMT):
-    """ASE's EMT plus a fixed sleep per call: an expensive calculator of known cost."""
-
-    def __init__(self, sleep_s=0.5, **kwargs):
-        super().__init__(**kwargs)
-        self.sleep_s = float(sleep_s)
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
-        time.sleep(self.sleep_s)
         super().calculate(atoms, properties, system_changes or [])
