@@ -1,8 +1,9 @@
 """The settings of a GO-Diff run, nested by concern, with one key namespace.
 
-`SearchConfig` holds `n_iterations` and four sections: `sampler` (the reverse SDE and the
+`SearchConfig` holds `n_iterations` and five sections: `sampler` (the reverse SDE and the
 distance filter), `buffer` (archive, temperature, buffer draw), `training` (the optimizer
-and the weighted-DSM loss) and `model` (the score model, `ScoreModelConfig`). Every field
+and the weighted-DSM loss), `model` (the score model, `ScoreModelConfig`) and `guidance`
+(force-field guidance). Every field
 has a dotted name (`sampler.n_samples`, `model.features`) and, because leaf names are
 unique, a flat alias (`n_samples`, `features`): `--set`, `make_config`, `replace` and a
 run directory's config.json accept either, so the flat names used in RESULTS.md commands
@@ -93,11 +94,34 @@ class TrainingConfig:
         return StopRule(self.stop_warmup, self.stop_patience, self.stop_fraction)
 
 
+@dataclasses.dataclass(frozen=True)
+class GuidanceConfig:
+    """Force-field guidance (paper eq. 7; `godiff_jax.guidance`): a force head trained on
+    every evaluated structure and an L-BFGS corrector after each reverse step."""
+
+    ffg: bool = False
+    ffg_scale: float = 0.2  # a = ffg_scale * dt (ffg_per_dt) or ffg_scale
+    ffg_per_dt: bool = True
+    ffg_zeta: float = 3.0  # dx = a (1 - t)^zeta d
+    ffg_memory: int = 10  # L-BFGS curvature pairs kept per structure
+    ffg_max_step: float = 0.1  # Å, longest corrector step of one atom
+    ffg_h0: float = 1.0 / 70.0  # Å^2/eV, inverse curvature before the first pair (ASE's LBFGS)
+    force_train_steps: int | None = None  # None: training.train_steps
+    force_clip: float | None = 10.0  # eV/Å, per-atom force targets capped at this norm
+
+    def __post_init__(self):
+        if self.ffg_memory < 1:
+            raise ValueError(f"ffg_memory must be at least 1, got {self.ffg_memory}")
+        if self.ffg_max_step <= 0:
+            raise ValueError(f"ffg_max_step must be positive, got {self.ffg_max_step}")
+
+
 SECTIONS: dict[str, type] = {
     "sampler": SamplerConfig,
     "buffer": BufferConfig,
     "training": TrainingConfig,
     "model": ScoreModelConfig,
+    "guidance": GuidanceConfig,
 }
 
 
@@ -115,6 +139,7 @@ class SearchConfig:
     buffer: BufferConfig = BufferConfig()
     training: TrainingConfig = TrainingConfig()
     model: ScoreModelConfig = ScoreModelConfig()
+    guidance: GuidanceConfig = GuidanceConfig()
 
     def __post_init__(self):
         if self.n_train < 1:

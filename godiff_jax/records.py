@@ -155,6 +155,19 @@ def _training_metrics(steps, s: int, steps_per_epoch: int, clip_norm: float) -> 
     }
 
 
+def _force_metrics(force_loss, s: int) -> dict:
+    """The force head's training loss (guidance on): mean of the first and last tenth."""
+    loss = np.asarray(force_loss)
+    if loss.ndim < 2:  # guidance off: one NaN per seed
+        return {}
+    row = loss[s]
+    tenth = max(1, row.size // 10)
+    return {
+        "force_loss_first": _finite_or_none(float(np.nanmean(row[:tenth]))),
+        "force_loss_last": _finite_or_none(float(np.nanmean(row[-tenth:]))),
+    }
+
+
 def warnings_for(rec: IterationRecord) -> list[str]:
     """A line per seed whose iteration had non-finite samples, steps or parameters."""
     lines = []
@@ -203,6 +216,7 @@ def metrics_rows(
                 **grad,
                 "params_finite": bool(info.params_finite[s]),
                 "lr_scale": float(info.lr_scale[s]),
+                **_force_metrics(info.force_loss, s),
                 "first_success_evaluation": int(first[s]) if first[s] >= 0 else None,
                 "first_success_seconds": float(clock.first_success_s[s]) if first[s] >= 0 else None,
                 "seconds_sampling": rec.seconds[0],

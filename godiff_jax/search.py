@@ -25,6 +25,7 @@ from godiff_jax.config import (  # noqa: F401 (re-exported: the config's old hom
 )
 from godiff_jax.evaluate import EnergyFn, JaxEvaluator
 from godiff_jax.geometry import min_distance
+from godiff_jax.guidance import ForceHead, force_corrector, predicted_forces, train_force_head
 from godiff_jax.model import ScoreModel
 from godiff_jax.sampler import reverse_sample
 from godiff_jax.schedule import (
@@ -63,6 +64,7 @@ class RunState(NamedTuple):
     first_success: jax.Array  # [] int32, evaluation index of the first success, -1 if none
     # [] float32 eV, the temperature controller's state: the last kT (NaN before the first)
     kT: jax.Array = float("nan")
+    force_head: object = None  # force-head parameters with guidance on (`guidance.ForceHead`)
 
 
 class IterationInfo(NamedTuple):
@@ -75,6 +77,7 @@ class IterationInfo(NamedTuple):
     kT: jax.Array  # [] eV, the temperature the buffer was drawn at
     valid: jax.Array  # [N] bool, the structures archived (the one validity mask of a batch)
     heat_capacity: jax.Array  # [] Var(E) / kT_prev^2 of this iteration's valid samples
+    force_loss: jax.Array = float("nan")  # [force steps] force-head loss, (eV/Å)^2
 
 
 def temperature(config: SearchConfig) -> Temperature:
@@ -112,12 +115,18 @@ class GODiff:
             steps_per_epoch=config.steps_per_epoch,
         )
         self.temperature = temperature(config)
+        self.force_head = ForceHead(config.model.features) if config.guidance.ffg else None
 
-    def init_state(self, key: jax.Array, params: object | None = None) -> RunState:
-        """Fresh state; `params` (e.g. from another system's run) initialise the model."""
+    def init_state(
+        self, key: jax.Array, params: object | None = None, force_head: object | None = None
+    ) -> RunState:
+        """Fresh state; `params` (e.g. from another system's run) initialise the model, and
+        `force_head` the force head (with guidance on; fresh if None)."""
         key_params, key_run = jax.random.split(key)
         if params is None:
             params = self.model.init(key_params)
+        if self.force_head is not None and force_head is None:
+            force_head = self.force_head.init(jax.random.fold_in(key_params, 1))
         c = self.config
         return RunState(
             key=key_run,
@@ -127,6 +136,7 @@ class GODiff:
             n_evaluations=jnp.zeros((), jnp.int32),
             first_success=jnp.full((), -1, jnp.int32),
             kT=self.temperature.init(),
+            force_head=force_head if self.force_head is not None else None,
         )
 
     def sample(self, state: RunState) -> tuple[jax.Array, jax.Array]:
@@ -143,11 +153,48 @@ class GODiff:
             t_end=c.t_end,
             sde=self.config.sde,
             truncate_z=c.reverse_truncated_z,
+            corrector=self._corrector(state, ctx),
             sharding=self.sample_sharding,
         )
         # NaN positions fail this test too; the runner reports them apart from close pairs.
         ok = jax.vmap(lambda xi: min_distance(self.system, xi))(x) >= c.min_distance
         return x, ok
+
+    def _corrector(self, state: RunState, ctx):
+        """The force-field guidance corrector (None with guidance off); off in the first
+        iteration, whose force head has seen no forces yet."""
+        if self.force_head is None:
+            return None
+        g = self.config.guidance
+        params = state.train.params
+        forces = predicted_forces(self.model, self.force_head, params, state.force_head, ctx)
+        return force_corrector(
+            forces,
+            self.system,
+            scale=g.ffg_scale,
+            per_dt=g.ffg_per_dt,
+            zeta=g.ffg_zeta,
+            memory=g.ffg_memory,
+            max_step=g.ffg_max_step,
+            h0=g.ffg_h0,
+            on=state.iteration > 0,
+        )
+
+    def _train_forces(self, state: RunState, key: jax.Array, archive: Archive):
+        """(score params with the representation trained on forces, force head, losses)."""
+        g, t = self.config.guidance, self.config.training
+        return train_force_head(
+            self.model,
+            self.force_head,
+            self.optimizer,
+            state.train.params,
+            state.force_head,
+            key,
+            archive,
+            n_steps=t.train_steps if g.force_train_steps is None else g.force_train_steps,
+            batch_size=t.batch_size,
+            force_cap=g.force_clip,
+        )
 
     def _train(self, state: RunState, key: jax.Array, buffer) -> tuple[TrainState, StepStats]:
         t = self.config.training
@@ -195,6 +242,14 @@ class GODiff:
         _, heat = heat_capacity_kT(energies, valid, state.kT)
         kT, kT_state = self.temperature.update(state.kT, state.iteration, energies, valid)
         buffer = select_buffer(jax.random.fold_in(state.key, 1), archive, kT, c.buffer.buffer_size)
+        force_head, force_loss = state.force_head, jnp.full((), jnp.nan)
+        if self.force_head is not None:
+            # The force head first, on every evaluated structure, as the reference does.
+            params, force_head, fstats = self._train_forces(
+                state, jax.random.fold_in(state.key, 4), archive
+            )
+            state = state._replace(train=state.train._replace(params=params))
+            force_loss = fstats.loss
         train, stats = self._train(state, jax.random.fold_in(state.key, 2), buffer)
         new = state._replace(
             key=jax.random.fold_in(state.key, 3),
@@ -203,9 +258,11 @@ class GODiff:
             archive=archive,
             n_evaluations=state.n_evaluations + jnp.sum(ok).astype(jnp.int32),
             kT=kT_state,
+            force_head=force_head,
         )
+        trained = (train.params, force_head)
         finite = jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(train.params)])
+            jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(trained)])
         )
         info = IterationInfo(
             buffer_energies=buffer.energies,
@@ -217,6 +274,7 @@ class GODiff:
             kT=jnp.asarray(kT, jnp.float32),
             valid=valid,
             heat_capacity=heat,
+            force_loss=force_loss,
         )
         return new, info
 

@@ -204,6 +204,29 @@ def train_steps(
     return _steps_until_stop(one_step, state, n_steps, stop)
 
 
+def guarded_update(
+    optimizer: optax.GradientTransformationExtraArgs,
+    state: TrainState,
+    grads: object,
+    value: jax.Array,
+    ok: jax.Array | bool = True,
+) -> tuple[TrainState, jax.Array, jax.Array]:
+    """One optimizer step, skipped (parameters and optimizer state unchanged) when `value`
+    (the loss the plateau scheduler sees) or the gradient is not finite, or `ok` is False.
+    Returns (state, gradient norm, whether the step was applied)."""
+    gnorm = optax.tree.norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(gnorm) & ok
+    grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
+    value = jnp.where(finite, value, 0.0)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=value)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+        lambda a, b: jnp.where(finite, a, b), new, old
+    )
+    new = TrainState(keep(params, state.params), keep(opt_state, state.opt_state), state.step + 1)
+    return new, gnorm, finite
+
+
 def _step_fn(optimizer, loss_fn, keys, data, batch_size, held_out, track_consensus):
     """One optimizer step (state, i) -> (state, StepStats) on minibatches of `data`."""
     key_perm, key_loss = keys
@@ -224,16 +247,8 @@ def _step_fn(optimizer, loss_fn, keys, data, batch_size, held_out, track_consens
             val = loss_fn(state.params, jax.random.fold_in(key_step, 1), *held_out)
         else:
             val = jnp.full((), jnp.nan, loss.dtype)
-        gnorm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & (jnp.isfinite(val) | (held_out is None))
-        grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
-        value = jnp.where(finite, loss if held_out is None else val, 0.0)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=value)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-            lambda a, b: jnp.where(finite, a, b), new, old
-        )
-        new = TrainState(keep(params, state.params), keep(opt_state, state.opt_state), step + 1)
+        value = loss if held_out is None else val
+        new, gnorm, finite = guarded_update(optimizer, state, grads, value, jnp.isfinite(loss))
         if not track_consensus:
             cos = jnp.full((), jnp.nan, loss.dtype)
         else:

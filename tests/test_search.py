@@ -90,7 +90,12 @@ def _check_controllers(rows):
     assert second["kT"] == pytest.approx(first["kT"] * factor, rel=1e-6)
 
 
-@pytest.mark.parametrize("config", [TINY, CONTROLLED], ids=["fixed", "controllers"])
+GUIDED = TINY.replace(ffg=True, ffg_per_dt=False)
+
+
+@pytest.mark.parametrize(
+    "config", [TINY, CONTROLLED, GUIDED], ids=["fixed", "controllers", "guidance"]
+)
 def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
     full = run_emt(system, config, tmp_path / "full", seeds=3, progress=False)
 
@@ -118,6 +123,10 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
     resumed = run_emt(system, config, tmp_path / "cut", seeds=3, progress=False)
     _leaves_equal(full.archive, resumed.archive)
     _leaves_equal(full.train.params, resumed.train.params)
+    if config.guidance.ffg:  # the force head is part of the checkpoint, and was trained
+        _leaves_equal(full.force_head, resumed.force_head)
+        rows = io.read_metrics(tmp_path / "full")
+        assert all(r["force_loss_last"] is not None for r in rows)
     if config.train_stop:  # the controllers did act: training stopped early, kT followed
         _check_controllers(io.read_metrics(tmp_path / "full"))
     # the interrupted iteration's partial rows were dropped: one row per evaluated structure
