@@ -3,8 +3,10 @@
     python benchmarks/speed.py [--batch 128] [--steps 100] [--train-steps 100] [--repeats 5]
 
 Prints ms per structure per reverse-diffusion step (the whole `reverse_sample` scan,
-batch 128) and ms per training step (`train_steps` scan, batch 16 from a 64 buffer),
-plus the pieces they are made of (template context, one score call, one loss+grad).
+batch 128), unguided and with force-field guidance (the L-BFGS corrector and a second
+model call per step) as a ratio in the same run, and ms per training step (`train_steps`
+scan, batch 16 from a 64 buffer; the force head's step on the same batch size), plus the
+pieces they are made of (template context, one score call, one loss+grad).
 """
 
 import argparse
@@ -15,6 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from godiff_jax import pt111_heptamer
+from godiff_jax.buffer import add_to_archive, init_archive
+from godiff_jax.guidance import ForceHead, force_corrector, predicted_forces, train_force_head
 from godiff_jax.loss import weighted_dsm_loss
 from godiff_jax.model import ScoreModel, ScoreModelConfig
 from godiff_jax.runtime import keep_heap_memory, machine_summary
@@ -59,11 +63,33 @@ def main():
             key, lambda x, t: model.apply(params, ctx, x, t), system, args.batch, n_steps=args.steps
         )
 
+    head = ForceHead(model.config.features)
+    head_params = head.init(jax.random.PRNGKey(3))
+
+    @jax.jit
+    def sample_guided(params, head_params, key):
+        ctx = model.context(params)
+        forces = predicted_forces(model, head, params, head_params, ctx)
+        return reverse_sample(
+            key,
+            lambda x, t: model.apply(params, ctx, x, t),
+            system,
+            args.batch,
+            n_steps=args.steps,
+            corrector=force_corrector(forces, system),
+        )
+
     key = jax.random.PRNGKey(1)
     t_sample = timeit(lambda: sample(params, key), args.repeats)
     per = t_sample / (args.batch * args.steps) * 1e3
     print(
         f"reverse diffusion: {per:.3f} ms per structure-step (batch {args.batch}, {args.steps} steps, {t_sample:.2f} s)"
+    )
+    t_guided = timeit(lambda: sample_guided(params, head_params, key), args.repeats)
+    per_g = t_guided / (args.batch * args.steps) * 1e3
+    print(
+        f"  with force-field guidance: {per_g:.3f} ms per structure-step, "
+        f"{t_guided / t_sample:.2f}x unguided"
     )
 
     x = sample_prior(key, system, args.batch)
@@ -90,6 +116,21 @@ def main():
     t_train = timeit(lambda: train(state, key), args.repeats)
     print(
         f"training: {t_train / args.train_steps * 1e3:.2f} ms per step (batch {args.train_batch}, {args.train_steps} steps)"
+    )
+
+    archive = init_archive(64, system.n_mobile)
+    archive = add_to_archive(
+        archive, buffer, jnp.zeros(64), jnp.ones_like(buffer), jnp.ones(64, bool), 0
+    )
+    train_f = jax.jit(
+        lambda p, h, k: train_force_head(
+            model, head, opt, p, h, k, archive, args.train_steps, args.train_batch
+        )
+    )
+    t_force = timeit(lambda: train_f(params, head_params, key), args.repeats)
+    print(
+        f"  force head: {t_force / args.train_steps * 1e3:.2f} ms per step "
+        f"({t_force / t_train:.2f}x a score step)"
     )
 
     grad = jax.jit(

@@ -41,6 +41,12 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
     )
     p.add_argument("--iterations", type=int, default=None, help="stop after this many (resumable)")
     p.add_argument("--no-progress", action="store_true")
+    _transfer_arguments(p)
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="with --quick: a fresh model instead of the shipped pretrained one",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -49,6 +55,47 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
         help="override one setting, e.g. --set training.train_steps=4000 or train_steps=4000 (repeatable)",
     )
     return p
+
+
+def _transfer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--init-params",
+        default=None,
+        metavar="SOURCE",
+        help="start from trained score-model parameters: a run directory, a parameter "
+        "file, or a shipped model (adatom)",
+    )
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=None,
+        help="with a run directory as --init-params: its seed (default: the best one)",
+    )
+    p.add_argument(
+        "--carry-force-head",
+        action="store_true",
+        help="with --init-params from a guided run: keep its force head too",
+    )
+
+
+def pretrained_start(system: System, config: SearchConfig, args) -> dict:
+    """`run` keyword arguments for --init-params (empty without it); prints the source."""
+    if args.init_params is None:
+        return {}
+    from godiff_jax.search import GODiff
+    from godiff_jax.transfer import load_pretrained, params_template
+
+    score, head = params_template(GODiff(system, config))
+    if args.carry_force_head and head is None:
+        raise SystemExit("--carry-force-head needs guidance on (--set ffg=true)")
+    got = load_pretrained(
+        args.init_params,
+        score,
+        seed=args.init_seed,
+        force_head_template=head if args.carry_force_head else None,
+    )
+    print(f"score model from {args.init_params}: {json.dumps(got.meta.get('source'))}")
+    return {"init_params": got.params, "init_force_head": got.force_head}
 
 
 def _parse_value(text: str, declared: object) -> object:
@@ -105,8 +152,13 @@ def run_experiment(
     description: str,
     default_workdir: str,
     argv: list[str] | None = None,
+    quick_init: str | None = None,
 ) -> None:
+    """The experiments' main: parse the arguments and run. `quick_init` is the model that
+    --quick starts from (a shipped name or path; --from-scratch or --init-params override)."""
     args = experiment_parser(description, default_workdir).parse_args(argv)
+    if args.quick and quick_init is not None and args.init_params is None and not args.from_scratch:
+        args.init_params = quick_init
     keep_heap_memory()  # XLA re-allocates its buffers every call; keep freed heap mapped
     use_compilation_cache()
     cfg = apply_overrides(apply_preset(quick if args.quick else config, args.preset), args.set)
@@ -116,6 +168,7 @@ def run_experiment(
     print(json.dumps(cfg.to_dict()))
     t0 = time.perf_counter()
     success = make_success(system) if make_success is not None else None
+    start = pretrained_start(system, cfg, args)
     state = run(
         system,
         cfg,
@@ -126,6 +179,7 @@ def run_experiment(
         max_iterations=args.iterations,
         progress=not args.no_progress,
         seed_batch=args.seed_batch,
+        **start,
     )
     wall = time.perf_counter() - t0
     summarise(workdir, seeds, state, wall)
@@ -170,6 +224,7 @@ def _command_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="override a setting by dotted name, e.g. training.train_steps=500",
     )
+    _transfer_arguments(r)
     for q in (r, sub.add_parser("resume", help="continue the search in a run directory")):
         q.add_argument("--iterations", type=int, default=None, help="stop after this many")
         q.add_argument("--no-progress", action="store_true")
@@ -178,6 +233,17 @@ def _command_parser() -> argparse.ArgumentParser:
     rep.add_argument("workdir")
     rep.add_argument("--out", default=None, help="folder for the report (default WORKDIR/report)")
     sub.add_parser("systems", help="the built-in systems and energy models")
+    ex = sub.add_parser(
+        "export-params", help="a run's trained score model as a parameter file, for transfer"
+    )
+    ex.add_argument("workdir", help="a run directory")
+    ex.add_argument("out", help="the parameter file to write")
+    ex.add_argument("--seed", type=int, default=None, help="which seed (default: the best one)")
+    ex.add_argument(
+        "--command-used",
+        default=None,
+        help="the command that made the run, recorded in the file (for regenerating it)",
+    )
     return p
 
 
@@ -238,6 +304,7 @@ def _command_run(args) -> None:
     use_compilation_cache()
     print(f"{spec.system.name}: {len(spec.seeds)} seed(s) {spec.seeds}, workdir {spec.workdir}")
     evaluator = make_evaluator(spec)
+    start = pretrained_start(spec.system, spec.config, args) if args.command == "run" else {}
     t0 = time.perf_counter()
     try:
         state = run(
@@ -249,6 +316,7 @@ def _command_run(args) -> None:
             success_fn=success_test(spec, evaluator),
             max_iterations=args.iterations,
             progress=not args.no_progress,
+            **start,
         )
     finally:
         close = getattr(evaluator, "close", None)
@@ -263,6 +331,17 @@ def _command_report(args) -> None:
     text, files = write_report(Path(args.workdir), args.out)
     print(text, end="")
     print(f"wrote {', '.join(f.name for f in files)} to {files[0].parent}")
+
+
+def _command_export_params(args) -> None:
+    from godiff_jax.transfer import export_params
+
+    meta = {} if args.command_used is None else {"command": args.command_used}
+    info = export_params(args.workdir, args.out, args.seed, **meta)
+    print(
+        f"wrote {args.out}: seed {info['source']['seed']} of {args.workdir}, "
+        f"iteration {info['source']['iteration']}, params_version {info['params_version']}"
+    )
 
 
 def _command_systems(args) -> None:
@@ -281,7 +360,7 @@ def _command_systems(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The `godiff` command: run, resume, report, systems."""
+    """The `godiff` command: run, resume, report, systems, export-params."""
     from godiff_jax.checkpoint import CheckpointError
     from godiff_jax.run_config import ConfigError
 
@@ -291,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         "resume": _command_run,
         "report": _command_report,
         "systems": _command_systems,
+        "export-params": _command_export_params,
     }
     try:
         commands[args.command](args)

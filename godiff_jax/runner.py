@@ -95,14 +95,19 @@ def _clock_from_old_state(arrays: dict, meta: dict) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def _start(search: GODiff, workdir: Path, seeds: list[int], init_params):
+def _start(search: GODiff, workdir: Path, seeds: list[int], init_params, init_force_head):
     """(state, clock, first iteration): resumed from the checkpoint, or fresh."""
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    key = jax.random.PRNGKey(0)
     if init_params is not None:
-        init_params = checkpoint.check_params(
-            init_params, jax.eval_shape(search.model.init, jax.random.PRNGKey(0))
+        init_params = checkpoint.check_params(init_params, jax.eval_shape(search.model.init, key))
+    if init_force_head is not None:
+        if search.force_head is None:
+            raise ValueError("init_force_head given, but guidance is off (set guidance.ffg)")
+        init_force_head = checkpoint.check_params(
+            init_force_head, jax.eval_shape(search.force_head.init, key), "init_force_head"
         )
-    init = jax.jit(jax.vmap(lambda k: search.init_state(k, init_params)))
+    init = jax.jit(jax.vmap(lambda k: search.init_state(k, init_params, init_force_head)))
     saved = checkpoint.load_checkpoint(
         workdir, jax.eval_shape(init, keys), upgrade=_clock_from_old_state
     )
@@ -176,6 +181,7 @@ def run(
     seeds: int | list[int] = 0,
     success_fn: SuccessFn | None = None,
     init_params: object | None = None,
+    init_force_head: object | None = None,
     max_iterations: int | None = None,
     progress: bool = True,
     seed_batch: int | None = None,
@@ -188,7 +194,9 @@ def run(
     `workdir` gets config.json, checkpoint.msgpack (after every iteration, the one before
     kept as checkpoint.prev.msgpack), structures.db (ASE database) and metrics.jsonl;
     running again on the same directory resumes where it stopped. `max_iterations` stops
-    early (the run can be resumed later). `seed_batch` seeds are vmapped together inside
+    early (the run can be resumed later). `init_params` (score model) and `init_force_head`
+    start a fresh run from trained parameters (`godiff_jax.transfer`), with a fresh
+    optimizer; a resumed run ignores them. `seed_batch` seeds are vmapped together inside
     each phase (default: all of them; fewer loops over groups, for memory); each seed's
     results are those of a separate run with that seed. `devices` (default: every local
     device) share the work: the seeds, or each seed's samples (`godiff_jax.sharding`).
@@ -204,7 +212,7 @@ def run(
     search, sample_fn, eval_fn, update_fn = compiled_phases(
         system, config, in_jit, len(seeds), seed_batch, layout
     )
-    state, clock, start = _start(search, workdir, seeds, init_params)
+    state, clock, start = _start(search, workdir, seeds, init_params, init_force_head)
     state = sharding.place(state, layout)
     stop = (
         config.n_iterations if max_iterations is None else min(config.n_iterations, max_iterations)
