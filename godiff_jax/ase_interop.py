@@ -4,7 +4,7 @@
   `FixAtoms`, energy and forces attached as a `SinglePointCalculator`).
 - `JaxCalculator`: any JAX energy model of generic atoms as an ASE calculator, compiled once
   per (numbers, cell, pbc) and reused; `EMTCalculator()` is the JAX EMT as a drop-in for
-  ASE's `EMT()`.
+  ASE's `EMT()`; `MACECalculator(path)` a converted MACE model (`godiff convert-mace`).
 
 Evaluating batches with an ASE calculator is `godiff_jax.evaluate.AseEvaluator`.
 """
@@ -236,3 +236,48 @@ def _emt_factory(numbers, cell, pbc):
 def EMTCalculator(**kwargs) -> JaxCalculator:  # noqa: N802 (mirrors ase's EMT())
     """The JAX EMT as an ASE calculator: a drop-in for `ase.calculators.emt.EMT()`."""
     return JaxCalculator(_emt_factory, **kwargs)
+
+
+class MACECalculator(Calculator):
+    """A converted MACE model (`godiff convert-mace`) as an ASE calculator, in JAX.
+
+    `model`: the converted file's path or a loaded `MaceModel`. One
+    `godiff_jax.potentials.mace.MacePotential` per (numbers, cell, pbc): its padded
+    neighbour list is sized on the first structure and reallocated (one recompilation)
+    when a later structure needs more edges, so relaxations and MD compile once or twice.
+    Energies in eV and forces in eV/Å come back as numpy float64 (computed in float64
+    unless `float64=False`).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, model, float64: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        from godiff_jax.potentials.mace import load_mace
+
+        self.model = load_mace(model) if isinstance(model, str) else model
+        self.float64 = float64
+        self._potentials: dict = {}
+
+    def __getstate__(self):  # picklable for process pools; compiled code stays behind
+        state = self.__dict__.copy()
+        state["atoms"] = None
+        state["_potentials"] = {}
+        return state
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from godiff_jax.potentials.mace import MacePotential
+
+        super().calculate(atoms, properties, system_changes)
+        a = self.atoms
+        key = _cache_key(None, a.numbers, a.cell.array, a.pbc)
+        if key not in self._potentials:
+            self._potentials[key] = MacePotential(
+                self.model, a.numbers.copy(), a.cell.array.copy(), a.pbc.copy()
+            )
+        with jax.enable_x64(self.float64 or bool(jax.config.jax_enable_x64)):
+            dtype = jnp.result_type(float)
+            energy, forces = self._potentials[key](jnp.asarray(a.positions, dtype=dtype))
+        self.results["energy"] = float(energy)
+        self.results["free_energy"] = float(energy)
+        self.results["forces"] = np.asarray(forces, dtype=np.float64)
