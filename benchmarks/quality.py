@@ -39,6 +39,8 @@ from godiff_jax.potentials.emt import emt_energy_fn
 from godiff_jax.report import seed_rows, summarise
 from godiff_jax.runner import run
 from godiff_jax.runtime import keep_heap_memory, machine_summary
+from godiff_jax.search import GODiff
+from godiff_jax.transfer import load_pretrained, params_template
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -109,6 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed-batch", type=int, default=None)
     p.add_argument("--score-only", action="store_true", help="score an existing run directory")
     p.add_argument("--out", default=str(RESULTS), help="folder for NAME.json and NAME.png")
+    p.add_argument(
+        "--init-params",
+        default=None,
+        metavar="SOURCE",
+        help="start from a trained model (transfer): a run directory, file or shipped name",
+    )
     args = p.parse_args(argv)
 
     keep_heap_memory()
@@ -122,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
 
     wall = None
+    start = {}
+    if args.init_params is not None:
+        score, _ = params_template(GODiff(system, config))
+        start["init_params"] = load_pretrained(args.init_params, score).params
     if not args.score_only:
         t0 = time.perf_counter()
         run(
@@ -133,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             success_fn=make_success(system),
             progress=False,
             seed_batch=args.seed_batch,
+            **start,
         )
         wall = time.perf_counter() - t0
 
@@ -145,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         **result_header(args.name, args.system, "quality.py", argv, commit, dirty),
         "preset": args.preset,
         "overrides": args.set,
+        "init_params": args.init_params,
         "settings": config.to_dict(),
         "seeds": seeds,
         "e_min": e_min,
