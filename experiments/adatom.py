@@ -2,6 +2,7 @@
 
     python experiments/adatom.py --seeds 8         # paper settings, 8 seeds vmapped
     python experiments/adatom.py --quick           # small preset
+    python experiments/adatom.py --energy mace:mp0.mace  # a converted MACE model (README), in jit
 
 Success: a generated structure within 0.1 eV (single point) of the EMT minimum, or with
 the adatom within 0.3 Å of one of the two minimum sites per cell (DESIGN.md section 2).
@@ -31,5 +32,6 @@ if __name__ == "__main__":
         evaluator=JaxEvaluator(emt_energy_fn(system)),
         make_success=make_success,
         description="GO-Diff: Pt adatom on stepped Pt, JAX EMT",
+        builtin="adatom",
         default_workdir="runs/adatom",
     )

@@ -41,11 +41,18 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
     )
     p.add_argument("--iterations", type=int, default=None, help="stop after this many (resumable)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--energy",
+        default=None,
+        metavar="MODEL",
+        help="energy model instead of the JAX EMT: lj, mace:PATH (a `godiff convert-mace` "
+        "file), sevennet, chgnet, ase:module.Class",
+    )
     _transfer_arguments(p)
     p.add_argument(
         "--from-scratch",
         action="store_true",
-        help="with --quick: a fresh model instead of the shipped pretrained one",
+        help="a fresh model, where the experiment starts from a pretrained one by default",
     )
     p.add_argument(
         "--set",
@@ -152,13 +159,17 @@ def run_experiment(
     description: str,
     default_workdir: str,
     argv: list[str] | None = None,
+    init: str | None = None,
     quick_init: str | None = None,
+    builtin: str | None = None,
 ) -> None:
-    """The experiments' main: parse the arguments and run. `quick_init` is the model that
-    --quick starts from (a shipped name or path; --from-scratch or --init-params override)."""
+    """The experiments' main: parse the arguments and run. `init` and `quick_init` are the
+    models that the run and the --quick run start from (a shipped name, a run directory or
+    a parameter file; None: a fresh model); --init-params or --from-scratch override."""
     args = experiment_parser(description, default_workdir).parse_args(argv)
-    if args.quick and quick_init is not None and args.init_params is None and not args.from_scratch:
-        args.init_params = quick_init
+    default_init = quick_init if args.quick else init
+    if args.init_params is None and not args.from_scratch:
+        args.init_params = default_init
     keep_heap_memory()  # XLA re-allocates its buffers every call; keep freed heap mapped
     use_compilation_cache()
     cfg = apply_overrides(apply_preset(quick if args.quick else config, args.preset), args.set)
@@ -167,7 +178,16 @@ def run_experiment(
     print(f"{system.name}: {len(seeds)} seed(s) {seeds}, workdir {workdir}")
     print(json.dumps(cfg.to_dict()))
     t0 = time.perf_counter()
-    success = make_success(system) if make_success is not None else None
+    if args.energy is not None and builtin is not None:
+        from godiff_jax.run_config import ConfigError, experiment_energy
+
+        try:
+            cfg, evaluator, success = experiment_energy(args.energy, builtin, system, cfg)
+        except ConfigError as err:
+            raise SystemExit(f"--energy: {err}") from None
+        print(f"energy model: {args.energy}")
+    else:
+        success = make_success(system) if make_success is not None else None
     start = pretrained_start(system, cfg, args)
     state = run(
         system,
@@ -233,6 +253,13 @@ def _command_parser() -> argparse.ArgumentParser:
     rep.add_argument("workdir")
     rep.add_argument("--out", default=None, help="folder for the report (default WORKDIR/report)")
     sub.add_parser("systems", help="the built-in systems and energy models")
+    cm = sub.add_parser(
+        "convert-mace",
+        help="a mace-torch model file (e.g. MACE-MP-0) -> our torch-free MACE file "
+        "(needs the mace extra; reads a pickle: only convert files you trust)",
+    )
+    cm.add_argument("model", help="the mace-torch .model file")
+    cm.add_argument("out", help="the file to write (use it as [energy] model = 'mace:OUT')")
     ex = sub.add_parser(
         "export-params", help="a run's trained score model as a parameter file, for transfer"
     )
@@ -344,6 +371,26 @@ def _command_export_params(args) -> None:
     )
 
 
+def _command_convert_mace(args) -> None:
+    try:
+        from godiff_jax.potentials.mace.convert import convert
+    except ImportError as err:
+        raise ValueError(f"{err}; install the mace extra: pip install 'godiff_jax[mace]'") from None
+    try:
+        model = convert(args.model, args.out)
+    except ImportError as err:
+        raise ValueError(f"{err}; install the mace extra: pip install 'godiff_jax[mace]'") from None
+    from ase.data import chemical_symbols
+
+    cfg = model.config
+    print(
+        f"wrote {args.out}: {cfg['source']}, {len(cfg['atomic_numbers'])} elements "
+        f"({' '.join(chemical_symbols[z] for z in cfg['atomic_numbers'][:10])}"
+        f"{' ...' if len(cfg['atomic_numbers']) > 10 else ''}), r_max {cfg['r_max']} Å, "
+        f"{cfg['channels']} channels, hidden l {cfg['hidden_ls'][0]}"
+    )
+
+
 def _command_systems(args) -> None:
     from godiff_jax.run_config import BUILTIN, ENERGY_MODELS
 
@@ -360,7 +407,7 @@ def _command_systems(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The `godiff` command: run, resume, report, systems, export-params."""
+    """The `godiff` command: run, resume, report, systems, export-params, convert-mace."""
     from godiff_jax.checkpoint import CheckpointError
     from godiff_jax.run_config import ConfigError
 
@@ -371,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         "report": _command_report,
         "systems": _command_systems,
         "export-params": _command_export_params,
+        "convert-mace": _command_convert_mace,
     }
     try:
         commands[args.command](args)

@@ -12,7 +12,8 @@
     # ... or a gas-phase cluster:  mobile = "Pt13", box = 8.0 (Å, or [x, y, z]), vacuum = 10.0
 
     [energy]
-    model = "emt"                     # emt | lj | sevennet | chgnet | ase:module.Class
+    model = "emt"                     # emt | lj | sevennet | chgnet | mace:PATH | ase:module.Class
+    # mace:PATH: a file of `godiff convert-mace` (relative to this file), inside jit
     # lj: epsilon, sigma, cutoff; the others: [energy.kwargs] for the calculator class,
     # n_workers (processes on this machine), floor_per_atom (eV; false: no floor)
     [energy.dask]                     # host calculators on a Dask cluster instead
@@ -70,6 +71,7 @@ ENERGY_MODELS = {
     "lj": "Lennard-Jones (epsilon, sigma, cutoff), any element, inside jit",
     "sevennet": "SevenNet-0 (pip install 'godiff_jax[sevennet]'), ASE calculator on the host",
     "chgnet": "CHGNet (pip install 'godiff_jax[chgnet]'), ASE calculator on the host",
+    "mace:PATH": "a MACE model converted by `godiff convert-mace` (MACE-MP-0), inside jit",
     "ase:module.Class": "any ASE calculator class, on the host ([energy.kwargs], n_workers)",
 }
 # The universal potentials: their ASE calculator and default keyword arguments.
@@ -142,7 +144,7 @@ _POSITIVE = {
 
 
 def search_settings(data: dict, base: SearchConfig) -> SearchConfig:
-    """The TOML's search part (top-level n_iterations and the four sections) over `base`."""
+    """The TOML's search part (top-level n_iterations and the config sections) over `base`."""
     names: dict[str, Any] = {}
     if "n_iterations" in data:
         names["n_iterations"] = data["n_iterations"]
@@ -221,12 +223,30 @@ def check_fits(system: System, min_distance: float) -> None:
         )
 
 
-def _energy(table: dict, system: System) -> dict:
+def is_mace(model: str) -> bool:
+    """'mace:PATH': a converted MACE model, run inside jit."""
+    return model.startswith("mace:")
+
+
+def _mace_model(path: str, system: System):
+    from godiff_jax.checkpoint import CheckpointError
+    from godiff_jax.potentials.mace import MaceModelError, load_mace
+
+    try:
+        model = load_mace(path)
+        model.species_index(system.numbers)
+    except (MaceModelError, CheckpointError) as err:
+        raise ConfigError(f"energy.model = 'mace:{path}': {err}") from None
+    return model
+
+
+def _energy(table: dict, system: System, base_dir: Path = Path(".")) -> dict:
     _check_keys(table, _ENERGY_KEYS, "[energy]")
     model = table.get("model", "emt")
     if not isinstance(model, str):
         raise ConfigError(f"energy.model: expected a string, got {model!r}")
     host = model.startswith("ase:") or model in ML_POTENTIALS
+    mace_path = None
     if model == "emt":
         from godiff_jax.potentials.emt import _check_supported
 
@@ -238,6 +258,10 @@ def _energy(table: dict, system: System) -> dict:
         for key in ("epsilon", "sigma", "cutoff"):
             if key in table and not _typed(table[key], float, f"energy.{key}") > 0:
                 raise ConfigError(f"energy.{key}: must be positive, got {table[key]}")
+    elif is_mace(model):
+        mace_path = Path(model[5:]).expanduser()
+        mace_path = str(mace_path if mace_path.is_absolute() else Path(base_dir) / mace_path)
+        _mace_model(mace_path, system)
     elif host:
         calculator_class(model)
         if not isinstance(table.get("kwargs", {}), dict):
@@ -246,12 +270,15 @@ def _energy(table: dict, system: System) -> dict:
         raise _unknown(model, set(ENERGY_MODELS), "energy.model")
     if "n_workers" in table and _typed(table["n_workers"], int, "energy.n_workers") < 1:
         raise ConfigError(f"energy.n_workers: must be at least 1, got {table['n_workers']}")
-    floor = table.get("floor_per_atom", DEFAULT_FLOOR_PER_ATOM if model in ML_POTENTIALS else None)
+    ml = model in ML_POTENTIALS or is_mace(model)
+    floor = table.get("floor_per_atom", DEFAULT_FLOOR_PER_ATOM if ml else None)
     if floor is False:
         floor = None
     elif floor is not None:
         floor = _typed(floor, float, "energy.floor_per_atom")
     checked = dict(table, model=model, floor_per_atom=floor)
+    if mace_path is not None:
+        checked["mace_path"] = mace_path
     if "dask" in table:
         if not host:
             raise ConfigError(
@@ -313,6 +340,10 @@ def make_evaluator(spec: RunSpec):
 
         kw = {k: float(e[k]) for k in ("epsilon", "sigma", "cutoff") if k in e}
         return JaxEvaluator(lj_energy_fn(spec.system, **kw))
+    if is_mace(e["model"]):
+        from godiff_jax.potentials.mace import mace_energy_fn
+
+        return JaxEvaluator(mace_energy_fn(spec.system, _mace_model(e["mace_path"], spec.system)))
     make = calculator_factory(e)
     if "dask" in e:
         from godiff_jax.dask_evaluator import DaskEvaluator
@@ -358,7 +389,7 @@ def spec_from_dict(data, base_dir, overrides=None, workdir=None, seeds=None, bas
     if overrides:
         config = search_settings(_nest(overrides), config)
     check_fits(system, config.sampler.min_distance)
-    energy = _energy(data.get("energy", {}), system)
+    energy = _energy(data.get("energy", {}), system, Path(base_dir))
     if energy["floor_per_atom"] is not None and config.buffer.energy_floor is None:
         config = config.replace(energy_floor=energy["floor_per_atom"] * system.n_atoms)
     run = data.get("run", {})
@@ -397,7 +428,7 @@ def paper_settings(system_name: str) -> SearchConfig:
 def success_test(spec: RunSpec, evaluator=None):
     """The built-in system's success test, or None for the user's systems.
 
-    With EMT: against EMT's minimum. With LJ or a universal potential: against the model's
+    With EMT: against EMT's minimum. With LJ, MACE or a universal potential: against the model's
     own minimum (`model_success`; found once here by relaxing the reference structures).
     With any other ASE calculator (perhaps DFT, whose relaxations would cost evaluations
     the run does not count): the structural tests alone, the heptamer's bond graph and the
@@ -409,7 +440,7 @@ def success_test(spec: RunSpec, evaluator=None):
     model = spec.energy["model"]
     if spec.system_name not in BUILTIN or model == "emt":
         return success_fn(spec.system_name, spec.system)
-    if model == "lj":
+    if model == "lj" or is_mace(model):
         relax = model_success.jax_relaxer((evaluator or make_evaluator(spec)).energy_fn)
         return model_success.model_success_fn(spec.system_name, spec.system, relax)
     if model not in ML_POTENTIALS:
@@ -419,3 +450,14 @@ def success_test(spec: RunSpec, evaluator=None):
     relax = ase_relaxer(spec.system, calculator_factory(spec.energy)())
     # A relaxation costs many single points of the model: a few candidates per batch.
     return model_success.model_success_fn(spec.system_name, spec.system, relax, max_relax=2)
+
+
+def experiment_energy(model: str, builtin: str, system: System, config: SearchConfig):
+    """`--energy MODEL` of an experiment script (emt, lj, mace:PATH, sevennet, ...):
+    (config with the model's default energy floor, evaluator, success test)."""
+    energy = _energy({"model": model}, system, Path.cwd())
+    if energy["floor_per_atom"] is not None and config.buffer.energy_floor is None:
+        config = config.replace(energy_floor=energy["floor_per_atom"] * system.n_atoms)
+    spec = RunSpec(system, builtin, config, energy, Path("."), [0], {"energy": {"model": model}})
+    evaluator = make_evaluator(spec)
+    return config, evaluator, success_test(spec, evaluator)

@@ -1,6 +1,7 @@
 """Transfer: a trained score model starts a run on another system."""
 
 import json
+from pathlib import Path
 
 import chex
 import jax
@@ -119,3 +120,31 @@ def test_experiment_flags_start_from_a_run(guided_run, tmp_path, capsys):
     )
     with pytest.raises(SystemExit, match="guidance on"):
         cli.pretrained_start(stepped_pt_adatom(), TINY, args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--quick"], "adatom"),  # the main job's quick preset starts from the shipped model
+        (["--quick", "--from-scratch"], None),
+        ([], None),  # the paper's plain heptamer starts fresh
+    ],
+)
+def test_heptamer_quick_starts_from_the_shipped_adatom_model(monkeypatch, argv, expected):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+    import heptamer
+
+    seen = {}
+
+    def fake_start(system, config, args):
+        seen["init"] = args.init_params
+        seen["kT_start"] = config.kT_start
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "pretrained_start", fake_start)
+    with pytest.raises(SystemExit):
+        heptamer.main(argv=argv)
+    assert seen["init"] == expected
+    assert seen["kT_start"] == (3.0 if "--quick" in argv else 5.0)
