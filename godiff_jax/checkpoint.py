@@ -42,6 +42,7 @@ FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.msgpack"
 PREVIOUS = "checkpoint.prev.msgpack"
 LEGACY_CHECKPOINT = "checkpoint.pkl"
+PARAMS_KIND = "score-params"  # a parameter file's kind (`save_params`)
 
 
 class CheckpointError(ValueError):
@@ -224,7 +225,7 @@ def load_checkpoint(
 
 def save_params(path: Path, params: Any, meta: dict | None = None) -> None:
     """Score-model parameters alone, for transfer to another system's run."""
-    write_file(Path(path), encode("score-params", params, meta or {}), "score-params")
+    write_file(Path(path), encode(PARAMS_KIND, params, meta or {}), PARAMS_KIND)
 
 
 def load_params(path: Path, template: Any) -> Any:
@@ -233,7 +234,7 @@ def load_params(path: Path, template: Any) -> Any:
     path = Path(path)
     data = path.read_bytes()
     try:
-        _, arrays = decode(data, "score-params", str(path))
+        _, arrays = decode(data, PARAMS_KIND, str(path))
     except CheckpointError as err:
         if "holds 'run-state'" not in str(err):
             raise

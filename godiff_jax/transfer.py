@@ -27,7 +27,7 @@ from godiff_jax import checkpoint
 # Bump when the score model's parameter tree changes (a new layer, renamed leaves), and
 # regenerate the shipped models with the command in their metadata.
 PARAMS_VERSION = 1
-PARAMS_KIND = "score-params"
+PARAMS_KIND = checkpoint.PARAMS_KIND
 _PRETRAINED = Path(__file__).parent / "pretrained"
 SHIPPED = {"adatom": _PRETRAINED / "adatom_stepped_pt.msgpack"}
 
@@ -60,7 +60,7 @@ def _run_arrays(run_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return header["meta"], arrays
 
 
-def _best_seed(meta: dict, arrays: dict[str, np.ndarray]) -> int:
+def _best_seed(arrays: dict[str, np.ndarray]) -> int:
     """Index of the seed whose archive holds the lowest valid energy."""
     e = np.where(arrays[".archive.valid"], arrays[".archive.energies"], np.inf)
     return int(np.argmin(e.min(axis=1)))
@@ -83,12 +83,12 @@ def _nested(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
-def _from_run(run_dir: Path, seed: int | None) -> tuple[dict, dict, dict, dict]:
-    """(score arrays, force-head arrays, meta) of one seed of a run's latest checkpoint."""
+def _from_run(run_dir: Path, seed: int | None) -> tuple[dict, dict, dict]:
+    """(score arrays, force-head arrays, source) of one seed of a run's latest checkpoint."""
     meta, arrays = _run_arrays(run_dir)
     seeds = list(meta["seeds"])
     if seed is None:
-        index = _best_seed(meta, arrays)
+        index = _best_seed(arrays)
     elif seed in seeds:
         index = seeds.index(seed)
     else:
@@ -96,7 +96,7 @@ def _from_run(run_dir: Path, seed: int | None) -> tuple[dict, dict, dict, dict]:
     params = _subtree(arrays, ".train.params", index)
     head = _subtree(arrays, ".force_head", index)
     source = {"run": str(run_dir), "seed": seeds[index], "iteration": meta["iteration"]}
-    return params, head, source, meta
+    return params, head, source
 
 
 def export_params(run_dir: str | Path, out: str | Path, seed: int | None = None, **meta) -> dict:
@@ -104,7 +104,7 @@ def export_params(run_dir: str | Path, out: str | Path, seed: int | None = None,
     as a parameter file; `meta` (e.g. the command that made the run) is recorded with
     `params_version`, the commit and the run's config. Returns the metadata written."""
     run_dir = Path(run_dir)
-    params, _, source, _ = _from_run(run_dir, seed)
+    params, _, source = _from_run(run_dir, seed)
     config = run_dir / "config.json"
     info = {
         "params_version": PARAMS_VERSION,
@@ -114,8 +114,7 @@ def export_params(run_dir: str | Path, out: str | Path, seed: int | None = None,
         **meta,
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    data = checkpoint.encode(PARAMS_KIND, _nested(params), info)
-    checkpoint.write_file(Path(out), data, PARAMS_KIND)
+    checkpoint.save_params(Path(out), _nested(params), info)
     return info
 
 
@@ -144,7 +143,7 @@ def load_pretrained(
     is carried over too (only a run directory with guidance on has one)."""
     path = SHIPPED.get(str(source), Path(source))
     if path.is_dir():
-        params, head, origin, _ = _from_run(path, seed)
+        params, head, origin = _from_run(path, seed)
         meta = {"source": origin}
     elif path.exists():
         header, params = checkpoint.decode(path.read_bytes(), PARAMS_KIND, str(path))
