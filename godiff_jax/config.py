@@ -49,6 +49,11 @@ class BufferConfig:
     adaptive_kT: bool = False  # kT_0 = std(E) of the first samples, then x0.95 / x0.5
     kT_hot_factor: float = 0.95  # while the heat capacity Var(E) / kT^2 exceeds 1
     kT_cold_factor: float = 0.5  # once it does not
+    kT_spread: str = "std"  # Var(E) of the adaptive kT: "std", or "iqr" (robust to outliers)
+
+    def __post_init__(self):
+        if self.kT_spread not in ("std", "iqr"):
+            raise ValueError(f"kT_spread: 'std' or 'iqr', got {self.kT_spread!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,23 +47,43 @@ def fixed_temperature(kTs: np.ndarray) -> Temperature:
     return Temperature(_no_kT, update)
 
 
+SPREADS = ("std", "iqr")
+IQR_PER_STD = 1.3489795  # interquartile range of a unit normal
+
+
+def energy_variance(energies: jax.Array, valid: jax.Array, spread: str = "std") -> jax.Array:
+    """Variance (eV^2) of the valid energies: plain ("std"), or from the interquartile
+    range ("iqr": (IQR / 1.349)^2, the normal's variance with that IQR), which a few
+    structures tens of eV up (close contacts, random starts) barely move."""
+    if spread not in SPREADS:
+        raise ValueError(f"spread: one of {SPREADS}, got {spread!r}")
+    if spread == "iqr":
+        e = jnp.where(valid, energies, jnp.nan)
+        q1, q3 = jnp.nanquantile(e, jnp.array([0.25, 0.75]))
+        return jnp.where(jnp.sum(valid) >= 2, ((q3 - q1) / IQR_PER_STD) ** 2, 0.0)
+    n = jnp.sum(valid)
+    e = jnp.where(valid, energies, 0.0)
+    mean = jnp.sum(e) / jnp.maximum(n, 1)
+    return jnp.sum(jnp.where(valid, (e - mean) ** 2, 0.0)) / jnp.maximum(n, 1)
+
+
 def heat_capacity_kT(
     energies: jax.Array,
     valid: jax.Array,
     kT_prev: jax.Array,
     hot_factor: float = 0.95,
     cold_factor: float = 0.5,
+    spread: str = "std",
 ) -> tuple[jax.Array, jax.Array]:
     """(kT, heat capacity) after a batch of energies (eV), as go-diff 1.1.0 anneals.
 
     First batch (kT_prev NaN): kT = std(E). Later: C = Var(E) / kT_prev^2 of the valid
     energies; kT = kT_prev * hot_factor while C > 1 (the samples still span more than kT:
     cool slowly), else kT_prev * cold_factor. Fewer than two valid energies keep kT_prev.
+    `spread` chooses how Var(E) is measured (`energy_variance`).
     """
     n = jnp.sum(valid)
-    e = jnp.where(valid, energies, 0.0)
-    mean = jnp.sum(e) / jnp.maximum(n, 1)
-    var = jnp.sum(jnp.where(valid, (e - mean) ** 2, 0.0)) / jnp.maximum(n, 1)
+    var = energy_variance(energies, valid, spread)
     first = ~jnp.isfinite(kT_prev)
     heat = jnp.where(first, jnp.nan, var / jnp.where(first, 1.0, kT_prev) ** 2)
     cooled = kT_prev * jnp.where(heat > 1.0, hot_factor, cold_factor)
@@ -72,12 +92,14 @@ def heat_capacity_kT(
 
 
 def adaptive_temperature(
-    kT_start: float, hot_factor: float = 0.95, cold_factor: float = 0.5
+    kT_start: float, hot_factor: float = 0.95, cold_factor: float = 0.5, spread: str = "std"
 ) -> Temperature:
     """`heat_capacity_kT` each iteration; kT_start until two valid energies exist."""
+    if spread not in SPREADS:
+        raise ValueError(f"spread: one of {SPREADS}, got {spread!r}")
 
     def update(state, iteration, energies, valid):
-        kT_next, _ = heat_capacity_kT(energies, valid, state, hot_factor, cold_factor)
+        kT_next, _ = heat_capacity_kT(energies, valid, state, hot_factor, cold_factor, spread)
         # No valid energy yet: start from kT_start; never divide by 0.
         kT = jnp.maximum(jnp.where(jnp.isfinite(kT_next), kT_next, kT_start), 1e-6)
         kT = jnp.asarray(kT, jnp.float32)

@@ -84,7 +84,7 @@ def temperature(config: SearchConfig) -> Temperature:
     """The kT controller the config asks for: the fixed schedule or the adaptive one."""
     b = config.buffer
     if b.adaptive_kT:
-        return adaptive_temperature(b.kT_start, b.kT_hot_factor, b.kT_cold_factor)
+        return adaptive_temperature(b.kT_start, b.kT_hot_factor, b.kT_cold_factor, b.kT_spread)
     return fixed_temperature(config.kT_schedule())
 
 
@@ -239,7 +239,7 @@ class GODiff:
         if c.buffer.energy_floor is not None:
             valid = valid & (energies > c.buffer.energy_floor)
         archive = add_to_archive(state.archive, x, energies, forces, valid, state.iteration)
-        _, heat = heat_capacity_kT(energies, valid, state.kT)
+        _, heat = heat_capacity_kT(energies, valid, state.kT, spread=c.buffer.kT_spread)
         kT, kT_state = self.temperature.update(state.kT, state.iteration, energies, valid)
         buffer = select_buffer(jax.random.fold_in(state.key, 1), archive, kT, c.buffer.buffer_size)
         force_head, force_loss = state.force_head, jnp.full((), jnp.nan)

@@ -246,3 +246,26 @@ def test_temperature_controllers_fill_one_slot():
     assert float(kT) == pytest.approx(np.sqrt(1.25))  # std of the first valid energies
     kT, _ = adaptive.update(jnp.asarray(1.0), 1, e, valid)  # C = 1.25 > 1: cool slowly
     assert float(kT) == pytest.approx(0.95)
+
+
+def test_adaptive_temperature_iqr_spread_hand_computed():
+    from godiff_jax.schedule import IQR_PER_STD, adaptive_temperature, heat_capacity_kT
+
+    # Quartiles of [0, 1, 2, 3, 4] (linear interpolation): 1 and 3, IQR 2; the 1000 eV
+    # outlier is masked in the first case; unmasked, the six values' quartiles (positions
+    # 1.25 and 3.75) are 1.25 and 3.75.
+    e = jnp.array([0.0, 1.0, 2.0, 3.0, 4.0, 1000.0])
+    valid = jnp.array([True] * 5 + [False])
+    sigma = 2.0 / IQR_PER_STD
+    kT, heat = heat_capacity_kT(e, valid, jnp.asarray(jnp.nan), spread="iqr")
+    assert float(kT) == pytest.approx(sigma, rel=1e-6) and np.isnan(float(heat))
+    kT, heat = heat_capacity_kT(e, valid, jnp.asarray(1.0), spread="iqr")  # C = 2.198 > 1
+    assert float(heat) == pytest.approx(sigma**2, rel=1e-6) and float(kT) == pytest.approx(0.95)
+    kT, heat = heat_capacity_kT(e, valid, jnp.asarray(2.0), spread="iqr")  # C = 0.55 < 1
+    assert float(heat) == pytest.approx(sigma**2 / 4, rel=1e-6) and float(kT) == 1.0
+    kT, _ = heat_capacity_kT(e, jnp.ones(6, bool), jnp.asarray(jnp.nan), spread="iqr")
+    assert float(kT) == pytest.approx(2.5 / IQR_PER_STD, rel=1e-6)  # std would be 372 eV
+    kT, _ = heat_capacity_kT(e, valid.at[1:].set(False), jnp.asarray(2.0), spread="iqr")
+    assert float(kT) == 2.0  # one valid energy: kT kept
+    with pytest.raises(ValueError, match="spread"):
+        adaptive_temperature(1.0, spread="mad")
