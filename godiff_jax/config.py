@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from godiff_jax.model import ScoreModelConfig
-from godiff_jax.schedule import exponential_kT
+from godiff_jax.schedule import check_spread, exponential_kT
 from godiff_jax.sde import VESDE
 from godiff_jax.train import StopRule
 
@@ -52,8 +52,7 @@ class BufferConfig:
     kT_spread: str = "std"  # Var(E) of the adaptive kT: "std", or "iqr" (robust to outliers)
 
     def __post_init__(self):
-        if self.kT_spread not in ("std", "iqr"):
-            raise ValueError(f"kT_spread: 'std' or 'iqr', got {self.kT_spread!r}")
+        check_spread(self.kT_spread, "kT_spread")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,12 +51,16 @@ SPREADS = ("std", "iqr")
 IQR_PER_STD = 1.3489795  # interquartile range of a unit normal
 
 
+def check_spread(spread: str, name: str = "spread") -> None:
+    if spread not in SPREADS:
+        raise ValueError(f"{name}: one of {SPREADS}, got {spread!r}")
+
+
 def energy_variance(energies: jax.Array, valid: jax.Array, spread: str = "std") -> jax.Array:
     """Variance (eV^2) of the valid energies: plain ("std"), or from the interquartile
     range ("iqr": (IQR / 1.349)^2, the normal's variance with that IQR), which a few
     structures tens of eV up (close contacts, random starts) barely move."""
-    if spread not in SPREADS:
-        raise ValueError(f"spread: one of {SPREADS}, got {spread!r}")
+    check_spread(spread)
     if spread == "iqr":
         e = jnp.where(valid, energies, jnp.nan)
         q1, q3 = jnp.nanquantile(e, jnp.array([0.25, 0.75]))
@@ -77,7 +81,7 @@ def heat_capacity_kT(
 ) -> tuple[jax.Array, jax.Array]:
     """(kT, heat capacity) after a batch of energies (eV), as go-diff 1.1.0 anneals.
 
-    First batch (kT_prev NaN): kT = std(E). Later: C = Var(E) / kT_prev^2 of the valid
+    First batch (kT_prev NaN): kT = sqrt(Var(E)). Later: C = Var(E) / kT_prev^2 of the valid
     energies; kT = kT_prev * hot_factor while C > 1 (the samples still span more than kT:
     cool slowly), else kT_prev * cold_factor. Fewer than two valid energies keep kT_prev.
     `spread` chooses how Var(E) is measured (`energy_variance`).
@@ -95,8 +99,7 @@ def adaptive_temperature(
     kT_start: float, hot_factor: float = 0.95, cold_factor: float = 0.5, spread: str = "std"
 ) -> Temperature:
     """`heat_capacity_kT` each iteration; kT_start until two valid energies exist."""
-    if spread not in SPREADS:
-        raise ValueError(f"spread: one of {SPREADS}, got {spread!r}")
+    check_spread(spread)  # before any tracing
 
     def update(state, iteration, energies, valid):
         kT_next, _ = heat_capacity_kT(energies, valid, state, hot_factor, cold_factor, spread)
