@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         wall = time.perf_counter() - t0
 
     tests, e_min, available = make_tests(system)
-    budget = config.n_iterations * config.n_samples
+    budget = config.evaluation_budget
     rows, grid, curves = seed_rows(workdir, system, tests, e_min, budget)
     summary = summarise(rows, budget, grid, curves, available)
     summary["wall_seconds_program"] = wall

@@ -51,7 +51,7 @@ def main():
     evaluator = JaxEvaluator(emt_energy_fn(system))
     base = {}
     for s in args.seeds:
-        search, sample_fn, eval_fn, update_fn = compiled_phases(
+        search, sample_fn, eval_fn, _, update_fn = compiled_phases(
             system, config, evaluator, s, args.seed_batch
         )
         state = jax.jit(jax.vmap(search.init_state))(jax.random.split(jax.random.PRNGKey(0), s))

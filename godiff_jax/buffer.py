@@ -102,3 +102,11 @@ def select_buffer(key: jax.Array, archive: Archive, kT: float | jax.Array, size:
         valid=valid,
         index=idx.astype(jnp.int32),
     )
+
+
+def truncate_buffer(buffer: Buffer, size: jax.Array, kT: float | jax.Array) -> Buffer:
+    """The first `size` (traced) entries of a buffer drawn at its capacity, the rest marked
+    invalid, weights renormalised. The draw ranks the archive in the sampling order, so the
+    first `size` are the same Efraimidis–Spirakis draw as one of that size."""
+    valid = buffer.valid & (jnp.arange(buffer.valid.shape[0]) < size)
+    return buffer._replace(valid=valid, weights=boltzmann_weights(buffer.energies, kT, valid))

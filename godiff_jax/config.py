@@ -36,6 +36,28 @@ class SamplerConfig:
     sigma_max: float = 1.0  # Å
     min_distance: float = 1.0  # Å; closer pairs are discarded before evaluation
     reverse_truncated_z: bool = False  # reverse-step noise truncated to the box, then clamp
+    # ESS-driven sampling (issue 16, `godiff_jax.ess`): chunks of ess_chunk structures until
+    # their ESS at the last kT reaches ess_target (n_samples is then the most per iteration,
+    # ess_first the first iteration's count); the run ends after max_evaluations, and
+    # n_iterations only caps the iterations (and sizes the archive).
+    ess_target: float | None = None
+    ess_chunk: int = 16
+    ess_first: int = 32
+    max_evaluations: int | None = None
+
+    def __post_init__(self):
+        if self.ess_target is None:
+            return
+        if self.max_evaluations is None or self.max_evaluations < 1:
+            raise ValueError("ess_target needs max_evaluations, the run's evaluation budget")
+        for name in ("n_samples", "ess_first"):
+            if getattr(self, name) % self.ess_chunk or getattr(self, name) < self.ess_chunk:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be a multiple of ess_chunk "
+                    f"({self.ess_chunk})"
+                )
+        if self.ess_first > self.n_samples:
+            raise ValueError(f"ess_first {self.ess_first} exceeds n_samples {self.n_samples}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +73,21 @@ class BufferConfig:
     kT_cold_factor: float = 0.5  # once it does not
     kT_spread: str = "std"  # Var(E) of the adaptive kT: "std", or "iqr" (robust to outliers)
 
+    # ESS-sized buffer (issue 16, `godiff_jax.ess.buffer_size`): buffer_size is replaced by
+    # clip(ess_buffer_factor x an exponential average of the ESS of the archive's weights).
+    ess_buffer: bool = False
+    ess_buffer_factor: float = 1.0
+    ess_buffer_decay: float = 0.8
+    ess_buffer_min: int = 16
+    ess_buffer_max: int = 512
+
     def __post_init__(self):
         check_spread(self.kT_spread, "kT_spread")
+        if self.ess_buffer and not 1 <= self.ess_buffer_min <= self.ess_buffer_max:
+            raise ValueError(
+                f"need 1 <= ess_buffer_min <= ess_buffer_max, got "
+                f"{self.ess_buffer_min}, {self.ess_buffer_max}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +181,10 @@ class SearchConfig:
     guidance: GuidanceConfig = GuidanceConfig()
 
     def __post_init__(self):
+        if self.buffer.ess_buffer and self.training.holdout_fraction > 0:
+            raise ValueError(
+                "ess_buffer and holdout_fraction do not combine (the held-out share of a buffer whose size changes)"
+            )
         if self.n_train < 1:
             raise ValueError(
                 f"holdout_fraction {self.training.holdout_fraction} leaves no training "
@@ -170,6 +209,23 @@ class SearchConfig:
     @property
     def stop_rule(self) -> StopRule | None:
         return self.training.stop_rule
+
+    @property
+    def ess_sampling(self) -> bool:
+        return self.sampler.ess_target is not None
+
+    @property
+    def evaluation_budget(self) -> int:
+        """Evaluations a seed may spend: max_evaluations with ESS sampling, else at most
+        n_iterations x n_samples."""
+        if self.ess_sampling:
+            return self.sampler.max_evaluations
+        return self.n_iterations * self.sampler.n_samples
+
+    @property
+    def buffer_capacity(self) -> int:
+        """The training buffer's fixed shape (its largest size)."""
+        return self.buffer.ess_buffer_max if self.buffer.ess_buffer else self.buffer.buffer_size
 
     @property
     def n_holdout(self) -> int:

@@ -59,6 +59,7 @@ class IterationRecord(NamedTuple):
     archive_best: np.ndarray  # [S] eV, lowest valid energy archived so far (NaN if none)
     seconds: tuple[float, float, float]  # sampling, evaluating, training
     reasons: list | None = None  # [S][N] the evaluator's reason per failed structure
+    not_kept: np.ndarray | None = None  # [S, N] past the ESS target: not evaluated, not counted
 
     def evaluation_index(self, s: int) -> np.ndarray:
         """[N] the run's evaluation number of each structure of seed s."""
@@ -191,7 +192,10 @@ def metrics_rows(
     rows = []
     info = rec.info
     for s, seed in enumerate(rec.seeds):
+        if config.ess_sampling and rec.prev_evaluations[s] >= config.max_evaluations:
+            continue  # this seed's budget was spent: it stood still
         valid, ok, e = info.valid[s], rec.ok[s], rec.energies[s]
+        not_kept = rec.not_kept[s] if rec.not_kept is not None else np.zeros_like(ok)
         finite_x = np.all(np.isfinite(rec.x[s]), axis=(-2, -1))
         be = np.asarray(info.buffer_energies[s])[np.asarray(info.buffer_valid[s])]
         train = _training_metrics(info.steps, s, config.steps_per_epoch, config.clip_norm)
@@ -203,7 +207,8 @@ def metrics_rows(
                 "kT": float(info.kT[s]),
                 "evaluations": int(rec.n_evaluations[s]),
                 "n_sampled": int(rec.ok.shape[1]),
-                "n_too_close": int((~ok & finite_x).sum()),
+                "n_too_close": int((~ok & ~not_kept & finite_x).sum()),
+                "n_not_kept": int(not_kept.sum()),
                 "n_nonfinite_samples": int((~finite_x).sum()),
                 "n_invalid_energy": int((ok & ~valid).sum()),  # NaN or below energy_floor
                 "best_energy": float(rec.archive_best[s]),
@@ -213,6 +218,8 @@ def metrics_rows(
                 "buffer_energy_max": float(be.max()) if be.size else None,
                 **train,
                 "heat_capacity": _finite_or_none(float(info.heat_capacity[s])),
+                "ess": _finite_or_none(float(info.ess[s])),
+                "n_buffer": int(info.n_buffer[s]),
                 **grad,
                 "params_finite": bool(info.params_finite[s]),
                 "lr_scale": float(info.lr_scale[s]),

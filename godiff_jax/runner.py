@@ -74,16 +74,18 @@ def compiled_phases(
     seed_batch: int | None = None,
     layout: Layout = NO_LAYOUT,
 ):
-    """(GODiff, sample, evaluate or None, update) jitted over a leading seed axis; cached
-    so that repeated runs do not recompile. `layout` spreads seeds or samples over devices."""
+    """(GODiff, sample, evaluate or None, keep, update) jitted over a leading seed axis;
+    cached so that repeated runs do not recompile. `layout` spreads seeds or samples over
+    devices."""
     search = GODiff(system, config, sample_sharding=layout.sample_axis())
     # Default: all seeds vmapped (8 seeds train in 0.53x the time of 8 runs on the 2-core
     # CPU, RESULTS.md section 7); fewer loop over groups, for memory.
     sb = n_seeds if seed_batch is None else max(1, seed_batch)
     sample_fn = _over_seeds(search.sample, n_seeds, (0,), sb)
     eval_fn = None if evaluator is None else _over_seeds(evaluator.batch, n_seeds, (0,), sb)
+    keep_fn = _over_seeds(search.keep, n_seeds, (0, 0, 0), sb)
     update_fn = _over_seeds(search.update, n_seeds, (0, 0, 0, 0, 0), sb)
-    return search, sample_fn, eval_fn, update_fn
+    return search, sample_fn, eval_fn, keep_fn, update_fn
 
 
 def _clock_from_old_state(arrays: dict, meta: dict) -> tuple[dict, dict]:
@@ -166,6 +168,32 @@ def _evaluate_on_host(evaluator: Evaluator, batch: _HostBatch, x, ok):
     return jnp.asarray(e, jnp.float32), jnp.asarray(f, jnp.float32), reasons
 
 
+def _evaluate_chunks(evaluator: Evaluator, batch: _HostBatch, x, ok, keep, chunk: int):
+    """ESS-driven sampling on the host: chunk after chunk of every seed that still needs
+    one (`keep` on the energies so far), so that no structure past the ESS target is
+    computed. Returns what `_evaluate_on_host` does, NaN for the structures not reached."""
+    oks = np.asarray(ok)
+    n_seeds, n = oks.shape
+    e = np.full((n_seeds, n), np.nan, np.float32)
+    f = np.full((*oks.shape, *np.shape(x)[2:]), np.nan, np.float32)
+    reasons = [[None] * n for _ in range(n_seeds)]
+    done = np.zeros(n_seeds, np.int64)
+    for start in range(0, n, chunk):
+        wanted = np.asarray(keep(jnp.asarray(e), ok))
+        mask = np.zeros_like(oks)
+        mask[:, start : start + chunk] = wanted[:, start : start + chunk]
+        if not mask.any():
+            break
+        part = batch._replace(prev_evaluations=batch.prev_evaluations + done)
+        e_c, f_c, r_c = _evaluate_on_host(evaluator, part, x, jnp.asarray(mask))
+        e = np.where(mask, np.asarray(e_c), e)
+        f = np.where(mask[..., None, None], np.asarray(f_c), f)
+        for s_, i in zip(*np.nonzero(mask), strict=True):
+            reasons[s_][i] = r_c[s_][i]
+        done += mask.sum(axis=1)
+    return jnp.asarray(e), jnp.asarray(f), [tuple(r) for r in reasons]
+
+
 def _archive_best(state: RunState) -> np.ndarray:
     e = np.where(np.asarray(state.archive.valid), np.asarray(state.archive.energies), np.nan)
     ok = np.isfinite(e).any(axis=1)
@@ -209,7 +237,7 @@ def run(
     in_jit = evaluator if isinstance(evaluator, JaxEvaluator) else None
     vmapped = seed_batch is None or seed_batch >= len(seeds)
     layout = sharding.plan(len(seeds), config.sampler.n_samples, devices) if vmapped else NO_LAYOUT
-    search, sample_fn, eval_fn, update_fn = compiled_phases(
+    search, sample_fn, eval_fn, keep_fn, update_fn = compiled_phases(
         system, config, in_jit, len(seeds), seed_batch, layout
     )
     state, clock, start = _start(search, workdir, seeds, init_params, init_force_head)
@@ -233,15 +261,21 @@ def run(
         else:
             known = io.read_evaluations(workdir, system, k) if k == start else {}
             host = _HostBatch(workdir, system, k, seeds, prev, known)
-            e, f, reasons = _evaluate_on_host(evaluator, host, x, ok)
+            if config.ess_sampling:
+                keep = functools.partial(keep_fn, state)
+                chunk = config.sampler.ess_chunk
+                e, f, reasons = _evaluate_chunks(evaluator, host, x, ok, keep, chunk)
+            else:
+                e, f, reasons = _evaluate_on_host(evaluator, host, x, ok)
+        kept = keep_fn(state, e, ok) if config.ess_sampling else ok
         t2 = time.perf_counter()
-        state, info = jax.block_until_ready(update_fn(state, x, e, f, ok))
+        state, info = jax.block_until_ready(update_fn(state, x, e, f, kept))
         seconds = (t1 - t0, t2 - t1, time.perf_counter() - t2)
         rec = IterationRecord(
             k=k,
             seeds=seeds,
             x=np.asarray(x),
-            ok=np.asarray(ok),
+            ok=np.asarray(kept),
             energies=np.asarray(e),
             forces=np.asarray(f),
             info=jax.tree_util.tree_map(np.asarray, info),
@@ -250,6 +284,7 @@ def run(
             archive_best=_archive_best(state),
             seconds=seconds,
             reasons=reasons,
+            not_kept=np.asarray(ok & ~kept) if config.ess_sampling else None,
         )
         state, clock = _record(workdir, system, config, rec, state, clock, success_fn)
         meta = {"seeds": seeds, "iteration": k + 1, "clock": clock.to_meta()}
@@ -258,6 +293,10 @@ def run(
             kT = float(np.nanmean(rec.info.kT))
             bar.set_postfix(kT=f"{kT:.3g}", best=f"{np.nanmin(rec.archive_best):.4f}")
             bar.update(1)
+        if config.ess_sampling and np.all(
+            np.asarray(state.n_evaluations) >= config.max_evaluations
+        ):
+            break  # every seed has spent its budget
     if bar is not None:
         bar.close()
     return state

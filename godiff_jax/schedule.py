@@ -22,9 +22,10 @@ def exponential_kT(kT_start: float, kT_end: float, n_iterations: int) -> np.ndar
 class Temperature(NamedTuple):
     """A kT controller as an (init, update) pair, carried in the jitted state.
 
-    init() -> state; update(state, iteration, energies [N], valid [N]) -> (kT, state):
+    init() -> state; update(state, progress, energies [N], valid [N]) -> (kT, state):
     the temperature (eV) the buffer of this iteration is drawn at, from the batch just
-    evaluated. The state is the last kT (NaN before the first), so a fixed schedule and
+    evaluated; `progress` is the iteration index (for `budget_temperature`, the
+    evaluations so far, this batch included). The state is the last kT (NaN before the first), so a fixed schedule and
     an adaptive one fill the same slot.
     """
 
@@ -42,6 +43,22 @@ def fixed_temperature(kTs: np.ndarray) -> Temperature:
 
     def update(state, iteration, energies, valid):
         kT = jnp.asarray(table)[iteration]
+        return kT, kT
+
+    return Temperature(_no_kT, update)
+
+
+def budget_temperature(kT_start: float, kT_end: float, n_first: int, budget: int) -> Temperature:
+    """Geometric cooling over the evaluation budget instead of the iterations (for a
+    varying number of samples per iteration): kT_start after the first `n_first`
+    evaluations, kT_end once `budget` are spent, log-linear in between."""
+    exponential_kT(kT_start, kT_end, 1)  # checks the temperatures
+    span = max(budget - n_first, 1)
+    lo, hi = np.log(kT_start), np.log(kT_end)
+
+    def update(state, evaluations, energies, valid):
+        f = jnp.clip((evaluations - n_first) / span, 0.0, 1.0)
+        kT = jnp.exp(lo + f * (hi - lo)).astype(jnp.float32)
         return kT, kT
 
     return Temperature(_no_kT, update)

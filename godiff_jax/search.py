@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from godiff_jax.buffer import Archive, add_to_archive, init_archive, select_buffer
+from godiff_jax import ess
+from godiff_jax.buffer import Archive, add_to_archive, init_archive, select_buffer, truncate_buffer
 from godiff_jax.config import (  # noqa: F401 (re-exported: the config's old home)
     PRESETS,
     SearchConfig,
@@ -31,6 +32,7 @@ from godiff_jax.sampler import reverse_sample
 from godiff_jax.schedule import (
     Temperature,
     adaptive_temperature,
+    budget_temperature,
     fixed_temperature,
     heat_capacity_kT,
 )
@@ -65,6 +67,7 @@ class RunState(NamedTuple):
     # [] float32 eV, the temperature controller's state: the last kT (NaN before the first)
     kT: jax.Array = float("nan")
     force_head: object = None  # force-head parameters with guidance on (`guidance.ForceHead`)
+    ess_average: object = None  # [] the ESS-sized buffer's average ESS (NaN before the first)
 
 
 class IterationInfo(NamedTuple):
@@ -78,6 +81,8 @@ class IterationInfo(NamedTuple):
     valid: jax.Array  # [N] bool, the structures archived (the one validity mask of a batch)
     heat_capacity: jax.Array  # [] Var(E) / kT_prev^2 of this iteration's valid samples
     force_loss: jax.Array = float("nan")  # [force steps] force-head loss, (eV/Å)^2
+    ess: jax.Array = float("nan")  # [] ESS of the archived batch at the last kT (this one's first)
+    n_buffer: jax.Array = 0  # [] structures in the training buffer
 
 
 def temperature(config: SearchConfig) -> Temperature:
@@ -85,6 +90,9 @@ def temperature(config: SearchConfig) -> Temperature:
     b = config.buffer
     if b.adaptive_kT:
         return adaptive_temperature(b.kT_start, b.kT_hot_factor, b.kT_cold_factor, b.kT_spread)
+    if config.ess_sampling:  # the number of iterations is not known: cool over the budget
+        s = config.sampler
+        return budget_temperature(b.kT_start, b.kT_end, s.ess_first, s.max_evaluations)
     return fixed_temperature(config.kT_schedule())
 
 
@@ -137,6 +145,7 @@ class GODiff:
             first_success=jnp.full((), -1, jnp.int32),
             kT=self.temperature.init(),
             force_head=force_head if self.force_head is not None else None,
+            ess_average=jnp.full((), jnp.nan, jnp.float32) if c.buffer.ess_buffer else None,
         )
 
     def sample(self, state: RunState) -> tuple[jax.Array, jax.Array]:
@@ -159,6 +168,19 @@ class GODiff:
         # NaN positions fail this test too; the runner reports them apart from close pairs.
         ok = jax.vmap(lambda xi: min_distance(self.system, xi))(x) >= c.min_distance
         return x, ok
+
+    def keep(self, state: RunState, energies: jax.Array, ok: jax.Array) -> jax.Array:
+        """[N] bool: the evaluated structures this iteration keeps with ESS-driven
+        sampling (`ess.kept_samples`; `ok` unchanged without it): the chunks up to the ESS
+        target at the last kT, within the evaluation budget. Energies past the chunks
+        kept never reach anything (a host evaluator does not even compute them)."""
+        s = self.config.sampler
+        if s.ess_target is None:
+            return ok
+        remaining = s.max_evaluations - state.n_evaluations
+        return ess.kept_samples(
+            energies, ok, state.kT, s.ess_chunk, s.ess_target, s.ess_first, remaining
+        )
 
     def _corrector(self, state: RunState, ctx):
         """The force-field guidance corrector (None with guidance off); off in the first
@@ -196,6 +218,27 @@ class GODiff:
             force_cap=g.force_clip,
         )
 
+    def _buffer(self, state: RunState, archive: Archive, kT, energies, valid):
+        """(training buffer, ESS of the batch, the ESS average): drawn at kT, of
+        buffer_size or, with ess_buffer, of the size set by the average ESS of the
+        archive's weights at kT (large while hot, small once one basin dominates)."""
+        b = self.config.buffer
+        kT_ref = jnp.where(jnp.isfinite(state.kT), state.kT, kT)
+        batch_ess = ess.effective_sample_size(energies, valid, kT_ref)
+        key = jax.random.fold_in(state.key, 1)
+        buffer = select_buffer(key, archive, kT, self.config.buffer_capacity)
+        if not b.ess_buffer:
+            return buffer, batch_ess, state.ess_average
+        size, average = ess.buffer_size(
+            state.ess_average,
+            ess.effective_sample_size(archive.energies, archive.valid, kT),
+            b.ess_buffer_decay,
+            b.ess_buffer_factor,
+            b.ess_buffer_min,
+            b.ess_buffer_max,
+        )
+        return truncate_buffer(buffer, size, kT), batch_ess, average
+
     def _train(self, state: RunState, key: jax.Array, buffer) -> tuple[TrainState, StepStats]:
         t = self.config.training
         train = state.train
@@ -219,7 +262,14 @@ class GODiff:
             node_fraction=self.system.n_mobile / self.system.n_atoms if all_atoms else 1.0,
             n_holdout=self.config.n_holdout,
             stop=t.stop_rule,
+            # A buffer not full (ESS-sized, or a first iteration of few samples): epochs
+            # over the structures it holds.
+            n_used=jnp.sum(buffer.valid) if self._varying_buffer else None,
         )
+
+    @property
+    def _varying_buffer(self) -> bool:
+        return self.config.buffer.ess_buffer or self.config.ess_sampling
 
     def update(
         self,
@@ -240,8 +290,10 @@ class GODiff:
             valid = valid & (energies > c.buffer.energy_floor)
         archive = add_to_archive(state.archive, x, energies, forces, valid, state.iteration)
         _, heat = heat_capacity_kT(energies, valid, state.kT, spread=c.buffer.kT_spread)
-        kT, kT_state = self.temperature.update(state.kT, state.iteration, energies, valid)
-        buffer = select_buffer(jax.random.fold_in(state.key, 1), archive, kT, c.buffer.buffer_size)
+        n_evaluations = state.n_evaluations + jnp.sum(ok).astype(jnp.int32)
+        progress = n_evaluations if c.ess_sampling else state.iteration
+        kT, kT_state = self.temperature.update(state.kT, progress, energies, valid)
+        buffer, batch_ess, ess_average = self._buffer(state, archive, kT, energies, valid)
         force_head, force_loss = state.force_head, jnp.full((), jnp.nan)
         if self.force_head is not None:
             # The force head first, on every evaluated structure, as the reference does.
@@ -256,10 +308,14 @@ class GODiff:
             iteration=state.iteration + 1,
             train=train,
             archive=archive,
-            n_evaluations=state.n_evaluations + jnp.sum(ok).astype(jnp.int32),
+            n_evaluations=n_evaluations,
             kT=kT_state,
             force_head=force_head,
+            ess_average=ess_average,
         )
+        if c.ess_sampling:  # a seed whose budget is spent stays as it was
+            active = state.n_evaluations < c.sampler.max_evaluations
+            new = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, state)
         trained = (train.params, force_head)
         finite = jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(trained)])
@@ -275,6 +331,8 @@ class GODiff:
             valid=valid,
             heat_capacity=heat,
             force_loss=force_loss,
+            ess=batch_ess,
+            n_buffer=jnp.sum(buffer.valid).astype(jnp.int32),
         )
         return new, info
 
@@ -282,4 +340,4 @@ class GODiff:
         """One whole GO-Diff iteration with a JAX energy model (pure; jit it yourself)."""
         x, ok = self.sample(state)
         e, f = JaxEvaluator(energy_fn).batch(x)
-        return self.update(state, x, e, f, ok)
+        return self.update(state, x, e, f, self.keep(state, e, ok))

@@ -153,6 +153,7 @@ def train_steps(
     node_fraction: float = 1.0,
     n_holdout: int = 0,
     stop: StopRule | None = None,
+    n_used: jax.Array | None = None,
 ) -> tuple[TrainState, StepStats]:
     """n_steps optimizer steps on the buffer (positions [K, M, 3], weights [K]).
 
@@ -165,12 +166,16 @@ def train_steps(
     gradient is not finite leaves parameters and optimizer state unchanged and is flagged
     in the returned StepStats. With a `stop` rule, n_steps is a cap: a `lax.while_loop`
     ends when the rule says so (under a seed vmap, a stopped seed's state stays as it was
-    while others go on), and the steps not run have taken=False.
+    while others go on), and the steps not run have taken=False. `n_used` (traced) trains
+    on the first n_used structures only, epochs over them (a buffer whose size changes
+    inside a fixed shape; the rest is padding).
     """
     k = positions.shape[0]
     key_perm, key_loss = jax.random.split(key)
     if not 0 <= n_holdout < k:
         raise ValueError(f"n_holdout must be in [0, {k}), got {n_holdout}")
+    if n_holdout and n_used is not None:
+        raise ValueError("n_holdout and n_used do not combine")
     held_out = None
     if n_holdout:
         order = jax.random.permutation(jax.random.fold_in(key, 1), k)
@@ -198,6 +203,7 @@ def train_steps(
         batch_size,
         held_out,
         stop is not None,
+        n_used,
     )
     if stop is None:
         return jax.lax.scan(one_step, state, jnp.arange(n_steps))
@@ -227,18 +233,29 @@ def guarded_update(
     return new, gnorm, finite
 
 
-def _step_fn(optimizer, loss_fn, keys, data, batch_size, held_out, track_consensus):
-    """One optimizer step (state, i) -> (state, StepStats) on minibatches of `data`."""
+def _step_fn(optimizer, loss_fn, keys, data, batch_size, held_out, track_consensus, n_used=None):
+    """One optimizer step (state, i) -> (state, StepStats) on minibatches of `data` (its
+    first `n_used` entries when given)."""
     key_perm, key_loss = keys
     positions, weights = data
     k = positions.shape[0]
     batch_size = min(batch_size, k)
-    steps_per_epoch = max(1, k // batch_size)
+    if n_used is None:
+        steps_per_epoch = max(1, k // batch_size)
+    else:
+        steps_per_epoch = jnp.maximum(1, n_used // batch_size)
     loss_and_grad = jax.value_and_grad(loss_fn)
+
+    def permutation(key):
+        if n_used is None:
+            return jax.random.permutation(key, k)
+        # A random order of the first n_used entries, then the padding.
+        u = jnp.where(jnp.arange(k) < n_used, jax.random.uniform(key, (k,)), 2.0)
+        return jnp.argsort(u)
 
     def one_step(state: TrainState, i: jax.Array):
         step = state.step
-        perm = jax.random.permutation(jax.random.fold_in(key_perm, step // steps_per_epoch), k)
+        perm = permutation(jax.random.fold_in(key_perm, step // steps_per_epoch))
         start = (step % steps_per_epoch) * batch_size
         idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
         key_step = jax.random.fold_in(key_loss, step)

@@ -91,10 +91,25 @@ def _check_controllers(rows):
 
 
 GUIDED = TINY.replace(ffg=True, ffg_per_dt=False)
+# Every issue-16 controller at once: the training stop, the adaptive kT, ESS-driven
+# sampling (the run ends on its evaluation budget) and the ESS-sized buffer.
+ALL_CONTROLLERS = CONTROLLED.replace(
+    n_samples=8,
+    ess_target=3.0,
+    ess_chunk=2,
+    ess_first=4,
+    max_evaluations=16,
+    n_iterations=8,
+    ess_buffer=True,
+    ess_buffer_min=2,
+    ess_buffer_max=8,
+)
 
 
 @pytest.mark.parametrize(
-    "config", [TINY, CONTROLLED, GUIDED], ids=["fixed", "controllers", "guidance"]
+    "config",
+    [TINY, CONTROLLED, GUIDED, ALL_CONTROLLERS],
+    ids=["fixed", "controllers", "guidance", "all_controllers"],
 )
 def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
     full = run_emt(system, config, tmp_path / "full", seeds=3, progress=False)
@@ -132,7 +147,11 @@ def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
     # the interrupted iteration's partial rows were dropped: one row per evaluated structure
     with ase.db.connect(tmp_path / "cut" / "structures.db") as db:
         assert db.count(valid=1) == int(np.sum(np.asarray(resumed.archive.valid)))
-    assert [r["iteration"] for r in io.read_metrics(tmp_path / "cut")] == [0, 1]
+    iterations = [r["iteration"] for r in io.read_metrics(tmp_path / "full")]
+    assert [r["iteration"] for r in io.read_metrics(tmp_path / "cut")] == iterations
+    if config.ess_sampling:  # the run went on until the budget, however many iterations
+        assert len(iterations) > config.n_iterations // 4
+        assert np.all(np.asarray(resumed.n_evaluations) == config.max_evaluations)
 
 
 def test_resume_refuses_other_config(system, tmp_path):

@@ -269,3 +269,20 @@ def test_adaptive_temperature_iqr_spread_hand_computed():
     assert float(kT) == 2.0  # one valid energy: kT kept
     with pytest.raises(ValueError, match="spread"):
         adaptive_temperature(1.0, spread="mad")
+
+
+def test_training_on_a_partly_filled_buffer_never_touches_the_padding():
+    """n_used: epochs over the first entries only; padding holding an infinite weight
+    would make any step that drew it non-finite (and skipped)."""
+    system = stepped_pt_adatom()
+    model, opt, state = _tiny(system)
+    x = sample_prior(jax.random.PRNGKey(1), system, 7)
+    w = jnp.array([1.0, 1.0, 1.0, 1.0, jnp.inf, jnp.inf, jnp.inf])
+    run = jax.jit(
+        lambda s, n: train_steps(model, opt, s, jax.random.PRNGKey(2), x, w, 12, 2, n_used=n)
+    )
+    _, stats = run(state, jnp.int32(4))
+    assert not np.asarray(stats.skipped).any()
+    assert np.all(np.isfinite(np.asarray(stats.loss)))
+    _, stats = run(state, jnp.int32(7))  # the same program, the padding now in use
+    assert np.asarray(stats.skipped).any()
