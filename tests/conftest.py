@@ -42,6 +42,19 @@ TINY = make_config(
     n_rbf=6,
     cutoff=5.0,
 )
+# ESS-driven sampling and the ESS-sized buffer on TINY's scale: chunks of 2 of at most 8
+# samples, 4 in the first iteration, the run ending after 20 evaluations.
+TINY_ESS = dict(
+    n_samples=8,
+    ess_target=3.0,
+    ess_chunk=2,
+    ess_first=4,
+    max_evaluations=20,
+    n_iterations=10,
+    ess_buffer=True,
+    ess_buffer_min=2,
+    ess_buffer_max=8,
+)
 
 
 def run_emt(system, config, workdir, **kwargs):

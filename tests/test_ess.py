@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
-from conftest import TINY, run_emt
+from conftest import TINY, TINY_ESS, run_emt
 
 from godiff_jax import ess, io, stepped_pt_adatom
 from godiff_jax.buffer import Buffer, truncate_buffer
@@ -84,18 +84,7 @@ def test_budget_temperature_hand_computed():
     assert kT(500) == pytest.approx(0.04, rel=1e-6)
 
 
-ESS = TINY.replace(
-    n_samples=8,
-    ess_target=3.0,
-    ess_chunk=2,
-    ess_first=4,
-    max_evaluations=20,
-    n_iterations=10,
-    ess_buffer=True,
-    ess_buffer_min=2,
-    ess_buffer_max=8,
-    ess_buffer_factor=2.0,
-)
+ESS = TINY.replace(**TINY_ESS)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
-from conftest import TINY, run_emt
+from conftest import TINY, TINY_ESS, run_emt
 
 from godiff_jax import checkpoint, io, stepped_pt_adatom
 from godiff_jax import runner as runner_module
@@ -93,17 +93,7 @@ def _check_controllers(rows):
 GUIDED = TINY.replace(ffg=True, ffg_per_dt=False)
 # Every issue-16 controller at once: the training stop, the adaptive kT, ESS-driven
 # sampling (the run ends on its evaluation budget) and the ESS-sized buffer.
-ALL_CONTROLLERS = CONTROLLED.replace(
-    n_samples=8,
-    ess_target=3.0,
-    ess_chunk=2,
-    ess_first=4,
-    max_evaluations=16,
-    n_iterations=8,
-    ess_buffer=True,
-    ess_buffer_min=2,
-    ess_buffer_max=8,
-)
+ALL_CONTROLLERS = CONTROLLED.replace(**{**TINY_ESS, "max_evaluations": 16, "n_iterations": 8})
 
 
 @pytest.mark.parametrize(
