@@ -6,7 +6,9 @@ Prints ms per structure per reverse-diffusion step (the whole `reverse_sample` s
 batch 128), unguided and with force-field guidance (the L-BFGS corrector and a second
 model call per step) as a ratio in the same run, and ms per training step (`train_steps`
 scan, batch 16 from a 64 buffer; the force head's step on the same batch size), plus the
-pieces they are made of (template context, one score call, one loss+grad).
+pieces they are made of (template context, one score call, one loss+grad). Last, the
+same reverse and training steps with two-way template messages
+(`ScoreModelConfig(template_receives=True)`) as a ratio to the one-way model.
 """
 
 import argparse
@@ -145,6 +147,30 @@ def main():
     g = grad(params, key)[1]
     t_upd = timeit(lambda: updates(g, state.opt_state, params), args.repeats)
     print(f"  pieces: loss+grad {t_grad * 1e3:.2f} ms; optimizer update {t_upd * 1e3:.2f} ms")
+
+    two = ScoreModel(system, ScoreModelConfig(template_receives=True))
+
+    @jax.jit
+    def sample_two_way(params, key):
+        ctx = two.context(params)
+        return reverse_sample(
+            key, lambda x, t: two.apply(params, ctx, x, t), system, args.batch, n_steps=args.steps
+        )
+
+    train_two = jax.jit(
+        lambda s, k: train_steps(
+            two, opt, s, k, buffer, weights, args.train_steps, args.train_batch
+        )
+    )
+    t_sample2 = timeit(lambda: sample_two_way(params, key), args.repeats)
+    t_train2 = timeit(lambda: train_two(state, key), args.repeats)
+    n_recv = len(two._receivers[0])
+    print(
+        f"two-way template messages ({n_recv} template atoms receive): reverse step "
+        f"{t_sample2 / (args.batch * args.steps) * 1e3:.3f} ms per structure-step, "
+        f"{t_sample2 / t_sample:.2f}x one-way; training {t_train2 / args.train_steps * 1e3:.2f} "
+        f"ms per step, {t_train2 / t_train:.2f}x one-way"
+    )
 
 
 if __name__ == "__main__":

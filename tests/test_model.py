@@ -23,7 +23,8 @@ from godiff_jax.model import (
 # ---------------------------------------------------------------- dense reference
 # PaiNN written out from the parameters alone: every template image and every mobile
 # image within a few cells, masks instead of neighbour lists, float64, no grid and no
-# shared code with the model beyond the parameter names.
+# shared code with the model beyond the parameter names. The template hears only itself,
+# or, with `template_receives`, the mobile atoms too (PaiNN over all atoms).
 
 
 def _dense(p, x):
@@ -108,6 +109,7 @@ def _reference_score(system, cfg, params, x, t):
         mask_tt = ~(np.eye(nt, dtype=bool)[:, :, None] & zero).reshape(nt, -1)
         r_mt = (tpos[None, :, None] + shifts[None, None] - mpos[:, None, None]).reshape(m, -1, 3)
         mask_mt = np.ones(r_mt.shape[:2], bool)
+        r_tm = (mpos[None, :, None] + shifts[None, None] - tpos[:, None, None]).reshape(nt, -1, 3)
         # Keep r finite at masked self pairs.
         r_tt = jnp.where(mask_tt[..., None], r_tt, 100.0)
     r_mm = jnp.where(mask_mm[..., None], r_mm, 100.0)
@@ -116,8 +118,12 @@ def _reference_score(system, cfg, params, x, t):
         if nt:
             ds, dv = _interact(params, cfg, b, 0.0, 0.0, rep_s(s_t), rep_s(v_t), r_mt, mask_mt)
             s_new, v_new = s_new + ds, v_new + dv
-            s_t, v_t = _interact(params, cfg, b, s_t, v_t, rep_s(s_t), rep_s(v_t), r_tt, mask_tt)
-            s_t, v_t = _mix(params[f"mixing_{b}"], s_t, v_t, f)
+            s_t2, v_t2 = _interact(params, cfg, b, s_t, v_t, rep_s(s_t), rep_s(v_t), r_tt, mask_tt)
+            if cfg.template_receives:  # full PaiNN: the template hears the mobile atoms too
+                mask_tm = np.ones(r_tm.shape[:2], bool)
+                ds, dv = _interact(params, cfg, b, 0.0, 0.0, rep_s(s_m), rep_s(v_m), r_tm, mask_tm)
+                s_t2, v_t2 = s_t2 + ds, v_t2 + dv
+            s_t, v_t = _mix(params[f"mixing_{b}"], s_t2, v_t2, f)
         s_m, v_m = _mix(params[f"mixing_{b}"], s_new, v_new, f)
     tf = jnp.broadcast_to(jnp.array([jnp.sin(math.pi * t), jnp.cos(math.pi * t)]), (m, 2))
     return _head(params["score_head"], jnp.concatenate([s_m, tf], -1), v_m)
@@ -369,3 +375,50 @@ def test_template_symmetry_is_exact(symbols):
     g_off = jax.grad(lambda p: loss(off, p))(on.params)
     for a, b in zip(jax.tree.leaves(g_on), jax.tree.leaves(g_off), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()) + 1e-12)
+
+
+# ------------------------------------------------------ two-way template messages
+
+
+def test_two_way_messages_are_painn_over_all_atoms():
+    """Every atom of the heptamer's two-layer slab is within the cutoff of the box, so
+    two-way messages are PaiNN over all 79 atoms: the dense reference with the template
+    hearing the mobile atoms, for scores and parameter gradients."""
+    cfg = ScoreModelConfig(features=16, n_blocks=3, template_receives=True)
+    c = Case(gd.pt111_heptamer(), cfg, seed=4)
+    assert len(c.model._receivers[0]) == c.system.n_template
+    x = np.concatenate(
+        [
+            random_mobile(jax.random.PRNGKey(11), c.system, 2),
+            random_mobile(jax.random.PRNGKey(12), c.system, 1, noise=0.5),
+        ]
+    )
+    t = T4[:3]
+    assert rel_err(c.fn(c.params, x, t), c.reference(x, t)) < 2e-5
+    one_way = reference_scores(c.system, ScoreModelConfig(features=16, n_blocks=3), c.params, x, t)
+    assert rel_err(one_way, c.reference(x, t)) > 1e-3  # the two models do differ here
+    g = jax.jit(jax.grad(lambda p: jnp.sum(c.model(p, x, t) ** 2)))(c.params)
+    g_ref = jax.jit(jax.grad(lambda p: jnp.sum(c.reference(x, t, p) ** 2)))(c.params)
+    assert max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(rel_err, g, g_ref))) < 1e-4
+
+
+def test_two_way_messages_relay_through_the_template():
+    """Two mobile atoms 5.5 Å apart (cutoff 5 Å): one-way, the first atom's score does not
+    depend on the second at all; two-way, it does, through the surface atoms between."""
+    system = gd.pt111_heptamer()
+    top = system.template_positions[:, 2].max()
+    x = np.array(
+        [[2.0, 2.0, top + 2.0]] + [[12.0 + 0.9 * k, 12.0, top + 4.5] for k in range(5)]
+        + [[7.5, 2.0, top + 2.0]]
+    )  # fmt: skip
+    t = jnp.array(0.3)
+
+    def dependence(receives: bool) -> np.ndarray:
+        cfg = ScoreModelConfig(features=8, n_blocks=2, cutoff=5.0, template_receives=receives)
+        model = ScoreModel(system, cfg)
+        params = model.init(jax.random.PRNGKey(0))
+        first = lambda x6: jnp.sum(model(params, jnp.asarray(x).at[6].set(x6), t)[0])  # noqa: E731
+        return np.asarray(jax.grad(first)(jnp.asarray(x[6])))
+
+    assert np.all(dependence(False) == 0)
+    assert np.any(dependence(True) != 0)

@@ -20,6 +20,25 @@ _NORM_EPS = 1e-8  # inside the sqrt of feature-vector norms: finite gradients at
 _DIST_EPS = 1e-10  # Å^2 inside the sqrt of distances: coinciding atoms stay finite
 
 
+class TwoWay(NamedTuple):
+    """Geometry of two-way template messages (`ScoreModelConfig.template_receives`): the R
+    template atoms within reach of the box receive messages, per structure.
+
+    numbers [R] and rows [R] (their template-pass rows); nbr [R, Kt] their template
+    neighbours as rows of [the T template-pass rows; the R receivers], chan [R, Kt, R1] and
+    unit [R, Kt, 3] (constants); r_mr [B, M, R * S, 3] Å vectors from each mobile atom to
+    every receiver image and r_rm [B, R, M * S, 3] from each receiver to every mobile image.
+    """
+
+    numbers: jax.Array
+    rows: jax.Array
+    nbr: jax.Array
+    chan: jax.Array
+    unit: jax.Array
+    r_mr: jax.Array
+    r_rm: jax.Array
+
+
 class ScoreContext(NamedTuple):
     """The template-only pass (`PaiNNScore.context`): what every structure shares.
 
@@ -264,6 +283,7 @@ class PaiNNScore(nn.Module):
         r_m: jax.Array,
         n_images: int,
         chunk: int = 0,
+        two_way: TwoWay | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Final mobile features s [B, M, F], v [B, M, 3, F].
 
@@ -272,6 +292,7 @@ class PaiNNScore(nn.Module):
         [B, M, M * S, 3] Å vectors to the S periodic images of every mobile atom, j-major
         (the self pair with zero shift placed far away). The template messages run in
         chunks of `chunk` structures (0: all at once), see `ScoreModelConfig`.
+        `two_way`: the receiving template atoms of two-way messages (`TwoWay`).
         """
         f, nb = self.features, self.n_blocks
         batch, m = r_m.shape[0], r_m.shape[1]
@@ -282,17 +303,91 @@ class PaiNNScore(nn.Module):
             ds_t, dv_t = self._templatemessages(ctx, cand, r_t, chunk * m)
         chan, unit = radial(r_m.astype(_F32).reshape(batch * m, -1, 3), self.n_rbf, self.cutoff)
         # Mobile neighbour j (image s) of atom (b, i) is row b * M + j of the tables.
-        nbr = jnp.arange(batch)[:, None, None] * m + jnp.arange(m).repeat(n_images)
-        nbr = jnp.broadcast_to(nbr, (batch, m, m * n_images)).reshape(batch * m, -1)
+        nbr = _image_rows(batch, m, m, n_images)
+        relay = None if two_way is None else self._relay_start(two_way, batch, m, n_images)
         for b in range(nb):
             tab = self._tables(b, s, v)
-            ds, dv = messages(chan, unit, nbr, *self._kernels(slice(b, b + 1)), tab)
+            kernels = self._kernels(slice(b, b + 1))
+            ds, dv = messages(chan, unit, nbr, *kernels, tab)
             if cand is not None:
                 blk = slice(b * f, (b + 1) * f)
                 ds = ds + ds_t[:, blk]
                 dv = dv + dv_t[..., blk]
+            if relay is not None:
+                (dds, ddv), relay = self._relay_block(b, ctx, tab, relay, kernels, batch)
+                ds, dv = ds + dds, dv + ddv
             s, v = self.mixings[b](s + ds, v + dv)
         return s.reshape(batch, m, f), v.reshape(batch, m, 3, f)
+
+    def _relay_start(self, tw: TwoWay, batch: int, m: int, n_images: int) -> dict:
+        """The receivers' starting features and the per-structure graphs of two-way
+        messages: mobile <- receivers, receivers <- template and receivers <- mobile."""
+        f, n_r = self.features, tw.numbers.shape[0]
+        s_r = jnp.broadcast_to(self.embedding(tw.numbers), (batch, n_r, f)).reshape(-1, f)
+        k_t = tw.nbr.shape[1]
+        return {
+            "s": s_r,
+            "v": jnp.zeros((batch * n_r, 3, f), _F32),
+            "mr": (
+                *radial(tw.r_mr.astype(_F32).reshape(batch * m, -1, 3), self.n_rbf, self.cutoff),
+                _image_rows(batch, m, n_r, n_images),
+            ),
+            "rm": (
+                *radial(tw.r_rm.astype(_F32).reshape(batch * n_r, -1, 3), self.n_rbf, self.cutoff),
+                _image_rows(batch, n_r, m, n_images),
+            ),
+            "rt": (
+                jnp.broadcast_to(tw.chan, (batch, *tw.chan.shape)).reshape(batch * n_r, k_t, -1),
+                jnp.broadcast_to(tw.unit, (batch, *tw.unit.shape)).reshape(batch * n_r, k_t, 3),
+                tw.nbr,
+            ),
+            "rows": tw.rows,
+            "n_r": n_r,
+        }
+
+    def _relay_block(
+        self, b: int, ctx: ScoreContext, tab: SenderTables, relay: dict, kernels, batch
+    ):
+        """Block b of two-way messages: (what the mobile atoms receive beyond the
+        template-only tables, the receivers' state after the block)."""
+        f, n_r, rows = self.features, relay["n_r"], relay["rows"]
+        blk = slice(b * f, (b + 1) * f)
+        tab_r = self._tables(b, relay["s"], relay["v"])
+        ctx_q, ctx_r, ctx_vm = ctx.q[:, blk], ctx.r[:, blk], ctx.vm[..., blk]
+        # Messages are linear in the senders' tables: the mobile atoms already have the
+        # template-only ones, so they get the receivers' change on top.
+        tile = lambda a: jnp.broadcast_to(a, (batch, *a.shape)).reshape(-1, a.shape[-1])  # noqa: E731
+        delta = SenderTables(
+            tab_r.q - tile(ctx_q[rows]),
+            tab_r.r - tile(ctx_r[rows]),
+            tab_r.vm - jnp.stack([tile(ctx_vm[x][rows]) for x in range(3)]),
+        )
+        chan, unit, nbr = relay["mr"]
+        to_mobile = messages(chan, unit, nbr, *kernels, delta)
+        if b == self.n_blocks - 1:
+            return to_mobile, relay  # the receivers' last update would feed nothing
+        # Receivers hear the template (template-pass rows, then this structure's receivers)
+        # and the mobile atoms.
+        n_t = ctx_q.shape[0]
+
+        def per_structure(c, t):
+            c = jnp.broadcast_to(c, (batch, *c.shape))
+            return jnp.concatenate([c, t.reshape(batch, n_r, -1)], axis=1).reshape(-1, f)
+
+        both = SenderTables(
+            per_structure(ctx_q, tab_r.q),
+            per_structure(ctx_r, tab_r.r),
+            jnp.stack([per_structure(ctx_vm[x], tab_r.vm[x]) for x in range(3)]),
+        )
+        chan, unit, nbr_rt = relay["rt"]
+        nbr_rt = (jnp.arange(batch)[:, None, None] * (n_t + n_r) + nbr_rt[None]).reshape(
+            batch * n_r, -1
+        )
+        ds, dv = messages(chan, unit, nbr_rt, *kernels, both)
+        chan, unit, nbr = relay["rm"]
+        ds2, dv2 = messages(chan, unit, nbr, *kernels, tab)
+        s_r, v_r = self.mixings[b](relay["s"] + ds + ds2, relay["v"] + dv + dv2)
+        return to_mobile, {**relay, "s": s_r, "v": v_r}
 
     def score(self, s: jax.Array, v: jax.Array, t: jax.Array) -> jax.Array:
         """Gated equivariant head: s [B, M, F], v [B, M, 3, F], t [B] -> [B, M, 3]."""
@@ -300,8 +395,8 @@ class PaiNNScore(nn.Module):
         tf = jnp.broadcast_to(tf[:, None, :], (*s.shape[:-1], 2))
         return self.score_head(jnp.concatenate([s, tf], axis=-1), v)
 
-    def mobile(self, ctx, cand, r_t, r_m, n_images: int, t: jax.Array, chunk: int = 0):
-        s, v = self.representation(ctx, cand, r_t, r_m, n_images, chunk)
+    def mobile(self, ctx, cand, r_t, r_m, n_images: int, t: jax.Array, chunk=0, two_way=None):
+        s, v = self.representation(ctx, cand, r_t, r_m, n_images, chunk, two_way)
         return self.score(s, v, t)
 
     def init_all(self) -> jax.Array:
@@ -313,3 +408,10 @@ class PaiNNScore(nn.Module):
         )
 
         return self.mobile(ctx, jnp.zeros((1, 1, 1), jnp.int32), r, r, 1, jnp.zeros(1))
+
+
+def _image_rows(batch: int, n_recv: int, n_send: int, n_images: int) -> jax.Array:
+    """[batch * n_recv, n_send * S] table rows of the senders: sender j (image s) of
+    structure b is row b * n_send + j, j-major."""
+    rows = jnp.arange(batch)[:, None, None] * n_send + jnp.arange(n_send).repeat(n_images)
+    return jnp.broadcast_to(rows, (batch, n_recv, n_send * n_images)).reshape(batch * n_recv, -1)

@@ -46,7 +46,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from godiff_jax.geometry import minimum_image, periodic_axes
-from godiff_jax.model.layers import FAR, NUM_ELEMENTS, PaiNNScore, ScoreContext, radial
+from godiff_jax.model.layers import (
+    FAR,
+    NUM_ELEMENTS,
+    PaiNNScore,
+    ScoreContext,
+    TwoWay,
+    radial,
+)
 from godiff_jax.model.neighbours import (
     mobile_image_shifts,
     template_classes,
@@ -75,6 +82,11 @@ class ScoreModelConfig:
     template_row_sums: sum each mobile atom's template neighbours per template row
     before the filters (`messages.row_messages`), exact and much cheaper when the rows are few;
     None picks it by a work estimate, True/False force it (for comparisons).
+    template_receives: two-way template messages (issue 8): the template atoms within
+    the cutoff of the box receive messages from the mobile atoms and from the template, per
+    structure and block, and send what they become on, so that information relays through
+    the surface; the others keep the template-only features. The same parameters; costs
+    a per-structure pass over those atoms (all 72 of the heptamer's two-layer slab).
     """
 
     features: int = 64
@@ -86,6 +98,7 @@ class ScoreModelConfig:
     batch_chunk: int = 4  # structures per chunk of the template messages (0: one chunk)
     template_symmetry: bool = True  # template pass over lattice-inequivalent atoms only
     template_row_sums: bool | None = None  # per-row template messages; None: when cheaper
+    template_receives: bool = False  # two-way template messages (relay through the surface)
 
 
 class ScoreModel:
@@ -109,6 +122,7 @@ class ScoreModel:
             )
         self.system = system
         self.config = config
+        self._receivers = None  # two-way template messages: (atoms, TwoWay constants)
         self.graph = template_graph(system, config.cutoff) if system.n_template else None
         self.grid = template_grid(system, config.cutoff, config.grid_spacing, config.grid_margin)
         self.shifts = mobile_image_shifts(system, config.cutoff).astype(np.float32)
@@ -135,6 +149,8 @@ class ScoreModel:
             nbr = atom_row[g.nbr[rows]]
             self._t_graph = (nbr, np.asarray(chan)[rows], np.asarray(unit)[rows])
             self._image_row = atom_row[self.grid.image_atom]
+            if config.template_receives:
+                self._receivers = _receivers(system, config.cutoff, g, atom_row, chan, unit)
         # Per-row sums pay off when the filter work they do (T rows x (1 + 3 + 1) parts of
         # one block width) is below the per-pair work (K pairs x 3 parts).
         row_sums = config.template_row_sums
@@ -193,11 +209,26 @@ class ScoreModel:
         r = jnp.where(is_self[None, ..., None], FAR, r)
         return r.reshape(batch, m, m * len(self.shifts), 3)
 
+    def _two_way(self, x: jax.Array) -> TwoWay | None:
+        """The receivers' geometry for positions x [B, M, 3] (None: one-way messages)."""
+        if self._receivers is None:
+            return None
+        pos, tw = self._receivers
+        shifts = jnp.asarray(self.shifts)
+        cell, periodic = self.system.cell, self._periodic
+        batch, m, _ = x.shape
+        to_r = minimum_image(jnp.asarray(pos)[None, None] - x[:, :, None], cell, periodic)
+        to_m = minimum_image(x[:, None] - jnp.asarray(pos)[None, :, None], cell, periodic)
+        r_mr = (to_r[:, :, :, None, :] + shifts).reshape(batch, m, -1, 3)
+        r_rm = (to_m[:, :, :, None, :] + shifts).reshape(batch, len(pos), -1, 3)
+        return tw._replace(r_mr=r_mr, r_rm=r_rm)
+
     def _geometry(self, x: jax.Array) -> tuple:
         """What the network needs of positions x [B, M, 3]: template candidates and the
-        vectors to them (None without a template), vectors to the mobile images, S."""
+        vectors to them (None without a template), vectors to the mobile images, S, and
+        the two-way receivers' geometry (None unless `template_receives`)."""
         cand, r_t = (None, None) if self.grid is None else self._template_neighbours(x)
-        return cand, r_t, self._mobile_vectors(x), len(self.shifts)
+        return cand, r_t, self._mobile_vectors(x), len(self.shifts), self._two_way(x)
 
     def apply(self, params: Params, ctx: ScoreContext, x: jax.Array, t: jax.Array) -> jax.Array:
         """Scores [B, M, 3] (float32) for mobile positions x [B, M, 3] Å at times t [B].
@@ -206,12 +237,17 @@ class ScoreModel:
         """
         x, single = _as_batch(x, self.system.n_mobile)
         t = jnp.broadcast_to(jnp.asarray(t, _F32).reshape(-1), x.shape[:1])
+        cand, r_t, r_m, n_images, two_way = self._geometry(x)
         out = self.net.apply(
             {"params": params},
             ctx,
-            *self._geometry(x),
+            cand,
+            r_t,
+            r_m,
+            n_images,
             t,
             self.config.batch_chunk,
+            two_way,
             method=PaiNNScore.mobile,
         )
         return out[0] if single else out
@@ -225,17 +261,51 @@ class ScoreModel:
         on these features, its parameters in the same pytree next to `score_head`.
         """
         x, single = _as_batch(x, self.system.n_mobile)
+        cand, r_t, r_m, n_images, two_way = self._geometry(x)
         s, v = self.net.apply(
             {"params": params},
             ctx,
-            *self._geometry(x),
+            cand,
+            r_t,
+            r_m,
+            n_images,
             self.config.batch_chunk,
+            two_way,
             method=PaiNNScore.representation,
         )
         return (s[0], v[0]) if single else (s, v)
 
     def __call__(self, params: Params, x: jax.Array, t: jax.Array) -> jax.Array:
         return self.apply(params, self.context(params), x, t)
+
+
+def _receivers(system: System, cutoff: float, graph, atom_row, chan, unit):
+    """(positions [R, 3], TwoWay constants) of the template atoms within the cutoff of the
+    box: in surface mode those whose height is within the cutoff of the z range, in
+    cluster mode those within the cutoff of the box."""
+    pos = np.asarray(system.template_positions, float)
+    lo, hi = np.asarray(system.box_lo, float), np.asarray(system.box_hi, float)
+    if system.mode == "surface":
+        gap = np.maximum(np.maximum(lo[2] - pos[:, 2], pos[:, 2] - hi[2]), 0.0)
+    else:
+        gap = np.linalg.norm(np.maximum(np.maximum(lo - pos, pos - hi), 0.0), axis=-1)
+    (atoms,) = np.nonzero(gap < cutoff)
+    n_rows = int(atom_row.max()) + 1
+    # A neighbour is the receivers' own row when it receives, else its template-pass row.
+    own = np.full(len(pos), -1)
+    own[atoms] = n_rows + np.arange(len(atoms))
+    nbr_atom = graph.nbr[atoms]
+    nbr = np.where(own[nbr_atom] >= 0, own[nbr_atom], atom_row[nbr_atom]).astype(np.int32)
+    tw = TwoWay(
+        numbers=np.asarray(system.template_numbers, np.int32)[atoms],
+        rows=atom_row[atoms].astype(np.int32),
+        nbr=nbr,
+        chan=np.asarray(chan)[atoms],
+        unit=np.asarray(unit)[atoms],
+        r_mr=None,
+        r_rm=None,
+    )
+    return pos[atoms].astype(np.float32), tw
 
 
 @functools.partial(jax.jit, static_argnums=0)
