@@ -324,7 +324,6 @@ class PaiNNScore(nn.Module):
         messages: mobile <- receivers, receivers <- template and receivers <- mobile."""
         f, n_r = self.features, tw.numbers.shape[0]
         s_r = jnp.broadcast_to(self.embedding(tw.numbers), (batch, n_r, f)).reshape(-1, f)
-        k_t = tw.nbr.shape[1]
         return {
             "s": s_r,
             "v": jnp.zeros((batch * n_r, 3, f), _F32),
@@ -336,11 +335,7 @@ class PaiNNScore(nn.Module):
                 *radial(tw.r_rm.astype(_F32).reshape(batch * n_r, -1, 3), self.n_rbf, self.cutoff),
                 _image_rows(batch, n_r, m, n_images),
             ),
-            "rt": (
-                jnp.broadcast_to(tw.chan, (batch, *tw.chan.shape)).reshape(batch * n_r, k_t, -1),
-                jnp.broadcast_to(tw.unit, (batch, *tw.unit.shape)).reshape(batch * n_r, k_t, 3),
-                tw.nbr,
-            ),
+            "rt": (tw.chan, tw.unit, tw.nbr),
             "rows": tw.rows,
             "n_r": n_r,
         }
@@ -366,24 +361,24 @@ class PaiNNScore(nn.Module):
         to_mobile = messages(chan, unit, nbr, *kernels, delta)
         if b == self.n_blocks - 1:
             return to_mobile, relay  # the receivers' last update would feed nothing
-        # Receivers hear the template (template-pass rows, then this structure's receivers)
-        # and the mobile atoms.
-        n_t = ctx_q.shape[0]
-
+        # Receivers hear the template (template-pass rows, then this structure's
+        # receivers): one geometry for every structure, so its filters are computed once.
         def per_structure(c, t):
-            c = jnp.broadcast_to(c, (batch, *c.shape))
-            return jnp.concatenate([c, t.reshape(batch, n_r, -1)], axis=1).reshape(-1, f)
+            return jnp.concatenate([jnp.broadcast_to(c, (batch, *c.shape)), t], axis=1)
 
         both = SenderTables(
-            per_structure(ctx_q, tab_r.q),
-            per_structure(ctx_r, tab_r.r),
-            jnp.stack([per_structure(ctx_vm[x], tab_r.vm[x]) for x in range(3)]),
+            per_structure(ctx_q, tab_r.q.reshape(batch, n_r, f)),
+            per_structure(ctx_r, tab_r.r.reshape(batch, n_r, f)),
+            jnp.stack(
+                [per_structure(ctx_vm[x], tab_r.vm[x].reshape(batch, n_r, f)) for x in range(3)],
+                axis=1,
+            ),
         )
         chan, unit, nbr_rt = relay["rt"]
-        nbr_rt = (jnp.arange(batch)[:, None, None] * (n_t + n_r) + nbr_rt[None]).reshape(
-            batch * n_r, -1
+        ds, dv = jax.vmap(lambda tb: messages(chan, unit, nbr_rt, *kernels, SenderTables(*tb)))(
+            both
         )
-        ds, dv = messages(chan, unit, nbr_rt, *kernels, both)
+        ds, dv = ds.reshape(batch * n_r, f), dv.reshape(batch * n_r, 3, f)
         chan, unit, nbr = relay["rm"]
         ds2, dv2 = messages(chan, unit, nbr, *kernels, tab)
         s_r, v_r = self.mixings[b](relay["s"] + ds + ds2, relay["v"] + dv + dv2)
