@@ -226,7 +226,8 @@ def run(
     start a fresh run from trained parameters (`godiff_jax.transfer`), with a fresh
     optimizer; a resumed run ignores them. `seed_batch` seeds are vmapped together inside
     each phase (default: all of them; fewer loops over groups, for memory); each seed's
-    results are those of a separate run with that seed. `devices` (default: every local
+    results are those of a separate run with that seed up to float rounding (another XLA
+    program, which a long search amplifies). `devices` (default: every local
     device) share the work: the seeds, or each seed's samples (`godiff_jax.sharding`).
     Returns the final RunState (leading seed axis).
     """
