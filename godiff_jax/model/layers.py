@@ -361,6 +361,7 @@ class PaiNNScore(nn.Module):
         to_mobile = messages(chan, unit, nbr, *kernels, delta)
         if b == self.n_blocks - 1:
             return to_mobile, relay  # the receivers' last update would feed nothing
+
         # Receivers hear the template (template-pass rows, then this structure's
         # receivers): one geometry for every structure, so its filters are computed once.
         def per_structure(c, t):
