@@ -43,6 +43,9 @@ except ImportError as err:  # pragma: no cover - the message is the point
 # One calculator per (factory, worker thread), kept for the worker process's lifetime.
 _CALCULATORS: dict[tuple[str, int], Any] = {}
 
+# Future states after which a task's outcome is known ("lost" and "pending" are not).
+_SETTLED = ("finished", "error", "cancelled")
+
 
 def _calculator(token: str, make_calculator: Callable[[], Any]) -> Any:
     key = (token, threading.get_ident())
@@ -164,9 +167,15 @@ class DaskEvaluator:
             while not pending.is_empty() or len(finished) < len(todo):
                 for fut in pending.next_batch(block=False) if pending.has_ready() else ():
                     i = index[fut.key]
-                    if i not in finished:
-                        finished.add(i)
-                        done(i, self._result(fut, system))
+                    if i in finished:
+                        continue
+                    if fut.status not in _SETTLED:
+                        # Its result died with a worker after it was queued here; the
+                        # scheduler reruns it, so wait for it again.
+                        pending.add(fut)
+                        continue
+                    finished.add(i)
+                    done(i, self._result(fut, system))
                 self._cancel_overdue(client, futures, index, started, finished, done, system)
                 if len(finished) < len(todo):
                     time.sleep(self.poll_s)
@@ -175,11 +184,9 @@ class DaskEvaluator:
             client.cancel([f for f in futures if not f.done()])
 
     def _result(self, fut, system: System) -> Result:
-        if fut.status == "finished":
-            return fut.result()
         try:
-            fut.result()
-            err: BaseException = RuntimeError(f"task {fut.status}")
+            # A result lost with its worker in the meantime is recomputed: this waits.
+            return fut.result()
         except BaseException as raised:  # the task's own exception, after its retries
             err = raised
         n = self.retries + 1
