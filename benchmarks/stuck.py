@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from scipy.sparse.csgraph import connected_components
 
 from godiff_jax import pt111_heptamer
 from godiff_jax.analysis import HEPTAMER_EMT_MINIMUM, is_wheel_graph, mobile_bond_graph
@@ -50,20 +51,8 @@ def motif(system, x: np.ndarray, above_min: float) -> str:
     if bool(is_wheel_graph(adj)):
         base = "wheel graph"
     else:
-        seen, sizes = set(), []
-        for i in range(len(x)):  # connected components
-            if i in seen:
-                continue
-            stack, n = [i], 0
-            seen.add(i)
-            while stack:
-                j = stack.pop()
-                n += 1
-                for k in np.flatnonzero(adj[j]):
-                    if k not in seen:
-                        seen.add(int(k))
-                        stack.append(int(k))
-            sizes.append(n)
+        _, label = connected_components(adj, directed=False)
+        sizes = np.bincount(label).tolist()
         sizes.sort(reverse=True)
         parts = "+".join(map(str, sizes))
         degrees = "".join(map(str, sorted(deg.tolist(), reverse=True)))
