@@ -67,6 +67,8 @@ class BufferConfig:
     buffer_size: int = 64
     kT_start: float = 5.0  # eV
     kT_end: float = 0.02  # eV
+    # iterations the fixed schedule cools over; the later ones stay at kT_end (0: all)
+    kT_anneal_iterations: int = 0
     energy_floor: float | None = None  # eV; lower energies are masked (ML-potential holes)
     adaptive_kT: bool = False  # kT_0 = std(E) of the first samples, then x0.95 / x0.5
     kT_hot_factor: float = 0.95  # while the heat capacity Var(E) / kT^2 exceeds 1
@@ -185,6 +187,11 @@ class SearchConfig:
             raise ValueError(
                 "ess_buffer and holdout_fraction do not combine (the held-out share of a buffer whose size changes)"
             )
+        if not 0 <= self.buffer.kT_anneal_iterations <= self.n_iterations:
+            raise ValueError(
+                f"kT_anneal_iterations must lie in 0..n_iterations ({self.n_iterations}), "
+                f"got {self.buffer.kT_anneal_iterations}"
+            )
         if self.n_train < 1:
             raise ValueError(
                 f"holdout_fraction {self.training.holdout_fraction} leaves no training "
@@ -242,7 +249,8 @@ class SearchConfig:
         return max(1, self.n_train // min(self.training.batch_size, self.n_train))
 
     def kT_schedule(self) -> np.ndarray:
-        return exponential_kT(self.buffer.kT_start, self.buffer.kT_end, self.n_iterations)
+        b = self.buffer
+        return exponential_kT(b.kT_start, b.kT_end, self.n_iterations, b.kT_anneal_iterations)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (config.json, the TOML sections)."""

@@ -10,13 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def exponential_kT(kT_start: float, kT_end: float, n_iterations: int) -> np.ndarray:
-    """kT_k = exp(linspace(ln kT_start, ln kT_end, K)): geometric cooling, eV."""
+def exponential_kT(
+    kT_start: float, kT_end: float, n_iterations: int, n_anneal: int = 0
+) -> np.ndarray:
+    """kT_k = exp(linspace(ln kT_start, ln kT_end, n_anneal)), then kT_end for the
+    remaining iterations: geometric cooling, eV (n_anneal 0: over all K iterations)."""
     if n_iterations < 1:
         raise ValueError(f"need at least one iteration, got {n_iterations}")
     if not (kT_start > 0 and kT_end > 0):
         raise ValueError(f"kT must be positive, got {kT_start}, {kT_end}")
-    return np.exp(np.linspace(np.log(kT_start), np.log(kT_end), n_iterations))
+    n_anneal = n_anneal or n_iterations
+    if not 1 <= n_anneal <= n_iterations:
+        raise ValueError(
+            f"kT_anneal_iterations must lie in 1..{n_iterations} (or 0 for all), got {n_anneal}"
+        )
+    cooling = np.exp(np.linspace(np.log(kT_start), np.log(kT_end), n_anneal))
+    return np.concatenate([cooling, np.full(n_iterations - n_anneal, cooling[-1])])
 
 
 class Temperature(NamedTuple):

@@ -248,6 +248,21 @@ def test_temperature_controllers_fill_one_slot():
     assert float(kT) == pytest.approx(0.95)
 
 
+def test_kT_schedule_cools_then_holds():
+    from godiff_jax.config import SearchConfig
+    from godiff_jax.schedule import exponential_kT
+
+    # Cooling over 3 of 6 iterations: 5, sqrt(5 * 0.02) = 0.316..., 0.02, then held.
+    np.testing.assert_allclose(
+        exponential_kT(5.0, 0.02, 6, n_anneal=3), [5.0, np.sqrt(0.1), 0.02, 0.02, 0.02, 0.02]
+    )
+    np.testing.assert_array_equal(exponential_kT(5.0, 0.02, 4, 0), exponential_kT(5.0, 0.02, 4))
+    config = SearchConfig(n_iterations=6).replace(kT_anneal_iterations=3)
+    np.testing.assert_allclose(config.kT_schedule(), exponential_kT(5.0, 0.02, 6, 3))
+    with pytest.raises(ValueError, match="kT_anneal_iterations must lie in 0..n_iterations"):
+        SearchConfig(n_iterations=6).replace(kT_anneal_iterations=7)
+
+
 def test_adaptive_temperature_iqr_spread_hand_computed():
     from godiff_jax.schedule import IQR_PER_STD, adaptive_temperature, heat_capacity_kT
 
