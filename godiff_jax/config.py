@@ -69,6 +69,9 @@ class BufferConfig:
     kT_end: float = 0.02  # eV
     # iterations the fixed schedule cools over; the later ones stay at kT_end (0: all)
     kT_anneal_iterations: int = 0
+    # kT is raised to where the archive's Boltzmann weights keep this ESS (None: never), so
+    # that a cold schedule does not train on one structure (`ess.ess_temperature`)
+    kT_ess_floor: float | None = None
     energy_floor: float | None = None  # eV; lower energies are masked (ML-potential holes)
     adaptive_kT: bool = False  # kT_0 = std(E) of the first samples, then x0.95 / x0.5
     kT_hot_factor: float = 0.95  # while the heat capacity Var(E) / kT^2 exceeds 1
@@ -85,6 +88,8 @@ class BufferConfig:
 
     def __post_init__(self):
         check_spread(self.kT_spread, "kT_spread")
+        if self.kT_ess_floor is not None and not self.kT_ess_floor >= 1:
+            raise ValueError(f"kT_ess_floor must be at least 1 (an ESS), got {self.kT_ess_floor}")
         if self.ess_buffer and not 1 <= self.ess_buffer_min <= self.ess_buffer_max:
             raise ValueError(
                 f"need 1 <= ess_buffer_min <= ess_buffer_max, got "

@@ -26,6 +26,24 @@ def effective_sample_size(energies: jax.Array, valid: jax.Array, kT: jax.Array) 
     return jnp.where(jnp.any(valid), jnp.sum(w) ** 2 / jnp.maximum(jnp.sum(w**2), 1e-30), 0.0)
 
 
+def ess_temperature(
+    energies: jax.Array, valid: jax.Array, target: float, kT_lo: float = 1e-4, kT_hi: float = 1e3
+) -> jax.Array:
+    """[] the kT (eV) at which the valid entries' Boltzmann weights have an ESS of `target`
+    (the ESS grows with kT), by bisection in log kT; 0 where fewer than `target` entries are
+    valid (no temperature reaches it), kT_lo where even that keeps the ESS above it."""
+    lo, hi = jnp.log(jnp.float32(kT_lo)), jnp.log(jnp.float32(kT_hi))
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = effective_sample_size(energies, valid, jnp.exp(mid)) >= target
+        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, 40, halve, (lo, hi))
+    return jnp.where(jnp.sum(valid) > target, jnp.exp(hi), 0.0)
+
+
 def chunks_needed(
     energies: jax.Array,
     valid: jax.Array,

@@ -293,6 +293,11 @@ class GODiff:
         n_evaluations = state.n_evaluations + jnp.sum(ok).astype(jnp.int32)
         progress = n_evaluations if c.ess_sampling else state.iteration
         kT, kT_state = self.temperature.update(state.kT, progress, energies, valid)
+        if c.buffer.kT_ess_floor is not None:
+            kT = jnp.maximum(
+                kT, ess.ess_temperature(archive.energies, archive.valid, c.buffer.kT_ess_floor)
+            )
+            kT_state = kT
         buffer, batch_ess, ess_average = self._buffer(state, archive, kT, energies, valid)
         force_head, force_loss = state.force_head, jnp.full((), jnp.nan)
         if self.force_head is not None:

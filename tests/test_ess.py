@@ -31,6 +31,30 @@ def test_effective_sample_size_of_known_weights():
     assert float(ess.effective_sample_size(far, jnp.ones(3, bool), 0.1)) == pytest.approx(1.0)
 
 
+def test_ess_temperature_closed_form_and_limits():
+    # Two structures Delta = 1 eV apart: ESS = (1 + w)^2 / (1 + w^2), w = exp(-1 / kT);
+    # ESS 1.5 <=> w^2 - 4w + 1 = 0 <=> w = 2 - sqrt(3), kT = -1 / ln(2 - sqrt(3)).
+    e, valid = jnp.array([0.0, 1.0, 50.0]), jnp.array([True, True, False])
+    kT = float(ess.ess_temperature(e, valid, 1.5))
+    assert kT == pytest.approx(-1.0 / np.log(2.0 - np.sqrt(3.0)), rel=1e-5)  # 0.75933 eV
+    assert float(ess.effective_sample_size(e, valid, kT)) == pytest.approx(1.5, rel=1e-5)
+    assert float(ess.ess_temperature(e, valid, 2.5)) == 0.0  # two valid: ESS 2.5 unreachable
+    spread = jnp.linspace(0.0, 5.0, 100)
+    kT16 = ess.ess_temperature(spread, jnp.ones(100, bool), 16.0)
+    assert float(ess.effective_sample_size(spread, jnp.ones(100, bool), kT16)) == pytest.approx(
+        16.0, rel=1e-4
+    )
+
+
+def test_kT_ess_floor_raises_a_cold_schedule(system, tmp_path):
+    config = TINY.replace(kT_start=1e-3, kT_end=1e-3, kT_ess_floor=2.0)
+    run_emt(system, config, tmp_path, seeds=[0], progress=False)
+    for r in io.read_metrics(tmp_path):
+        assert r["kT"] > 1e-3  # EMT energies of random samples lie far more than 1 meV apart
+    with pytest.raises(ValueError, match="kT_ess_floor must be at least 1"):
+        TINY.replace(kT_ess_floor=0.5)
+
+
 def test_chunks_until_the_target_then_the_budget():
     # chunks of 2 at kT 1: ESS after chunk 1 = 1 (second is 20 eV up), chunk 2 = 2, chunk 3 = 4
     e = jnp.array([0.0, 20.0, 0.0, 20.0, 0.0, 0.0, 0.0, 0.0])
