@@ -192,6 +192,11 @@ class SearchConfig:
             raise ValueError(
                 "ess_buffer and holdout_fraction do not combine (the held-out share of a buffer whose size changes)"
             )
+        if self.buffer.kT_anneal_iterations and (self.buffer.adaptive_kT or self.ess_sampling):
+            raise ValueError(
+                "kT_anneal_iterations shapes the fixed schedule; adaptive_kT and ESS-driven "
+                "sampling set kT otherwise"
+            )
         if not 0 <= self.buffer.kT_anneal_iterations <= self.n_iterations:
             raise ValueError(
                 f"kT_anneal_iterations must lie in 0..n_iterations ({self.n_iterations}), "

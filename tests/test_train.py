@@ -261,6 +261,8 @@ def test_kT_schedule_cools_then_holds():
     np.testing.assert_allclose(config.kT_schedule(), exponential_kT(5.0, 0.02, 6, 3))
     with pytest.raises(ValueError, match="kT_anneal_iterations must lie in 0..n_iterations"):
         SearchConfig(n_iterations=6).replace(kT_anneal_iterations=7)
+    with pytest.raises(ValueError, match="kT_anneal_iterations shapes the fixed schedule"):
+        SearchConfig(n_iterations=6).replace(kT_anneal_iterations=3, adaptive_kT=True)
 
 
 def test_adaptive_temperature_iqr_spread_hand_computed():
