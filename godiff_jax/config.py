@@ -70,7 +70,8 @@ class BufferConfig:
     # iterations the fixed schedule cools over; the later ones stay at kT_end (0: all)
     kT_anneal_iterations: int = 0
     # kT is raised to where the archive's Boltzmann weights keep this ESS (None: never), so
-    # that a cold schedule does not train on one structure (`ess.ess_temperature`)
+    # that a cold schedule does not train on one structure, never above kT_start
+    # (`ess.ess_temperature`)
     kT_ess_floor: float | None = None
     energy_floor: float | None = None  # eV; lower energies are masked (ML-potential holes)
     adaptive_kT: bool = False  # kT_0 = std(E) of the first samples, then x0.95 / x0.5
@@ -88,8 +89,12 @@ class BufferConfig:
 
     def __post_init__(self):
         check_spread(self.kT_spread, "kT_spread")
-        if self.kT_ess_floor is not None and not self.kT_ess_floor >= 1:
-            raise ValueError(f"kT_ess_floor must be at least 1 (an ESS), got {self.kT_ess_floor}")
+        k = self.kT_anneal_iterations
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ValueError(f"kT_anneal_iterations must be an integer, got {k!r}")
+        floor = self.kT_ess_floor
+        if floor is not None and not (np.isfinite(floor) and floor >= 1):
+            raise ValueError(f"kT_ess_floor must be a finite ESS of at least 1, got {floor}")
         if self.ess_buffer and not 1 <= self.ess_buffer_min <= self.ess_buffer_max:
             raise ValueError(
                 f"need 1 <= ess_buffer_min <= ess_buffer_max, got "
@@ -192,15 +197,11 @@ class SearchConfig:
             raise ValueError(
                 "ess_buffer and holdout_fraction do not combine (the held-out share of a buffer whose size changes)"
             )
+        self.kT_schedule()  # checks kT_anneal_iterations against n_iterations
         if self.buffer.kT_anneal_iterations and (self.buffer.adaptive_kT or self.ess_sampling):
             raise ValueError(
                 "kT_anneal_iterations shapes the fixed schedule; adaptive_kT and ESS-driven "
                 "sampling set kT otherwise"
-            )
-        if not 0 <= self.buffer.kT_anneal_iterations <= self.n_iterations:
-            raise ValueError(
-                f"kT_anneal_iterations must lie in 0..n_iterations ({self.n_iterations}), "
-                f"got {self.buffer.kT_anneal_iterations}"
             )
         if self.n_train < 1:
             raise ValueError(

@@ -29,9 +29,10 @@ def effective_sample_size(energies: jax.Array, valid: jax.Array, kT: jax.Array) 
 def ess_temperature(
     energies: jax.Array, valid: jax.Array, target: float, kT_lo: float = 1e-4, kT_hi: float = 1e3
 ) -> jax.Array:
-    """[] the kT (eV) at which the valid entries' Boltzmann weights have an ESS of `target`
-    (the ESS grows with kT), by bisection in log kT; 0 where fewer than `target` entries are
-    valid (no temperature reaches it), kT_lo where even that keeps the ESS above it."""
+    """[] the lowest kT (eV) in [kT_lo, kT_hi] at which the valid entries' Boltzmann
+    weights have an ESS of at least `target` (the ESS grows with kT), by bisection in log
+    kT: kT_lo where the ESS is reached there already, kT_hi where it is not reached below
+    it, and 0 where no more than `target` entries are valid (no temperature reaches it)."""
     lo, hi = jnp.log(jnp.float32(kT_lo)), jnp.log(jnp.float32(kT_hi))
 
     def halve(_, bounds):

@@ -14,18 +14,20 @@ def exponential_kT(
     kT_start: float, kT_end: float, n_iterations: int, n_anneal: int = 0
 ) -> np.ndarray:
     """kT_k = exp(linspace(ln kT_start, ln kT_end, n_anneal)), then kT_end for the
-    remaining iterations: geometric cooling, eV (n_anneal 0: over all K iterations)."""
+    remaining iterations: geometric cooling, eV (n_anneal 0: over all K iterations; the
+    cooling needs two iterations to go from kT_start to kT_end, so n_anneal 1 is refused)."""
     if n_iterations < 1:
         raise ValueError(f"need at least one iteration, got {n_iterations}")
     if not (kT_start > 0 and kT_end > 0):
         raise ValueError(f"kT must be positive, got {kT_start}, {kT_end}")
-    n_anneal = n_anneal or n_iterations
-    if not 1 <= n_anneal <= n_iterations:
+    if n_anneal != 0 and not 2 <= n_anneal <= n_iterations:
         raise ValueError(
-            f"kT_anneal_iterations must lie in 1..{n_iterations} (or 0 for all), got {n_anneal}"
+            f"kT_anneal_iterations must be 0 (all) or lie in 2..n_iterations "
+            f"({n_iterations}), got {n_anneal}"
         )
+    n_anneal = n_anneal or n_iterations
     cooling = np.exp(np.linspace(np.log(kT_start), np.log(kT_end), n_anneal))
-    return np.concatenate([cooling, np.full(n_iterations - n_anneal, cooling[-1])])
+    return np.concatenate([cooling, np.full(n_iterations - n_anneal, kT_end)])
 
 
 class Temperature(NamedTuple):

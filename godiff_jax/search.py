@@ -295,7 +295,10 @@ class GODiff:
         kT, kT_state = self.temperature.update(state.kT, progress, energies, valid)
         if c.buffer.kT_ess_floor is not None:
             kT = jnp.maximum(
-                kT, ess.ess_temperature(archive.energies, archive.valid, c.buffer.kT_ess_floor)
+                kT,
+                ess.ess_temperature(
+                    archive.energies, archive.valid, c.buffer.kT_ess_floor, kT_hi=c.buffer.kT_start
+                ),
             )
             kT_state = kT
         buffer, batch_ess, ess_average = self._buffer(state, archive, kT, energies, valid)

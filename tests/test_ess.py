@@ -39,6 +39,8 @@ def test_ess_temperature_closed_form_and_limits():
     assert kT == pytest.approx(-1.0 / np.log(2.0 - np.sqrt(3.0)), rel=1e-5)  # 0.75933 eV
     assert float(ess.effective_sample_size(e, valid, kT)) == pytest.approx(1.5, rel=1e-5)
     assert float(ess.ess_temperature(e, valid, 2.5)) == 0.0  # two valid: ESS 2.5 unreachable
+    assert float(ess.ess_temperature(e, valid, 1.5, kT_hi=0.5)) == pytest.approx(0.5)  # capped
+    assert float(ess.ess_temperature(e, valid, 1.0, kT_lo=0.01)) == pytest.approx(0.01)
     spread = jnp.linspace(0.0, 5.0, 100)
     kT16 = ess.ess_temperature(spread, jnp.ones(100, bool), 16.0)
     assert float(ess.effective_sample_size(spread, jnp.ones(100, bool), kT16)) == pytest.approx(
@@ -47,12 +49,22 @@ def test_ess_temperature_closed_form_and_limits():
 
 
 def test_kT_ess_floor_raises_a_cold_schedule(system, tmp_path):
-    config = TINY.replace(kT_start=1e-3, kT_end=1e-3, kT_ess_floor=2.0)
+    from godiff_jax.report import read_evaluated
+
+    config = TINY.replace(n_iterations=3, kT_start=1.0, kT_end=1e-3, kT_ess_floor=2.0)
     run_emt(system, config, tmp_path, seeds=[0], progress=False)
+    seen = read_evaluated(tmp_path, system)[0]
+    schedule = config.kT_schedule()
     for r in io.read_metrics(tmp_path):
-        assert r["kT"] > 1e-3  # EMT energies of random samples lie far more than 1 meV apart
-    with pytest.raises(ValueError, match="kT_ess_floor must be at least 1"):
-        TINY.replace(kT_ess_floor=0.5)
+        # The floor from every valid energy archived up to this iteration, capped at kT_start.
+        archived = seen["iteration"] <= r["iteration"]
+        e = jnp.asarray(seen["energy"][archived], jnp.float32)
+        floor = float(ess.ess_temperature(e, jnp.ones(e.shape, bool), 2.0, kT_hi=1.0))
+        assert r["kT"] == pytest.approx(max(schedule[r["iteration"]], floor), rel=1e-5)
+        assert r["iteration"] == 0 or r["kT"] > 1e-3  # the cold schedule was raised
+    for bad in (0.5, float("inf")):
+        with pytest.raises(ValueError, match="kT_ess_floor must be a finite ESS of at least 1"):
+            TINY.replace(kT_ess_floor=bad)
 
 
 def test_chunks_until_the_target_then_the_budget():

@@ -259,8 +259,14 @@ def test_kT_schedule_cools_then_holds():
     np.testing.assert_array_equal(exponential_kT(5.0, 0.02, 4, 0), exponential_kT(5.0, 0.02, 4))
     config = SearchConfig(n_iterations=6).replace(kT_anneal_iterations=3)
     np.testing.assert_allclose(config.kT_schedule(), exponential_kT(5.0, 0.02, 6, 3))
-    with pytest.raises(ValueError, match="kT_anneal_iterations must lie in 0..n_iterations"):
-        SearchConfig(n_iterations=6).replace(kT_anneal_iterations=7)
+    for bad in (7, 1, -1):  # one iteration cannot cool from kT_start to kT_end
+        with pytest.raises(ValueError, match=r"must be 0 \(all\) or lie in 2..n_iterations"):
+            SearchConfig(n_iterations=6).replace(kT_anneal_iterations=bad)
+    with pytest.raises(ValueError, match="kT_anneal_iterations must be an integer"):
+        SearchConfig(n_iterations=6).replace(kT_anneal_iterations=2.5)
+    ess = dict(ess_target=16.0, n_samples=64, ess_first=32, max_evaluations=320)
+    with pytest.raises(ValueError, match="kT_anneal_iterations shapes the fixed schedule"):
+        SearchConfig(n_iterations=6).replace(kT_anneal_iterations=3, **ess)
     with pytest.raises(ValueError, match="kT_anneal_iterations shapes the fixed schedule"):
         SearchConfig(n_iterations=6).replace(kT_anneal_iterations=3, adaptive_kT=True)
 
