@@ -3,7 +3,9 @@
     python benchmarks/quality_table.py benchmarks/results/cpu_adatom8_*.json \
         --figure benchmarks/results/cpu_adatom8_ablation.png
 
-Prints the summary table (one row per arm), then per-seed rows of every arm.
+Prints the summary table (one row per arm); with --paired, every arm against the first on
+the seeds they share (McNemar's exact test on the strict outcomes); then per-seed rows of
+every arm.
 """
 
 import argparse
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from godiff_jax.plots import best_energy_figure
+from godiff_jax.report import paired_successes
 
 
 def fmt(v, spec="", none="-"):
@@ -23,6 +26,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--figure", type=Path, default=None)
+    p.add_argument("--paired", action="store_true", help="every arm against the first, by seed")
     args = p.parse_args()
     arms = [json.loads(f.read_text()) for f in args.files]
     print(
@@ -42,6 +46,18 @@ def main():
             f"| {fmt(s['median_seconds_to_success_strict'], '.0f')} "
             f"| {fmt(s['wall_seconds_program'], '.0f')} | {'yes' if s['all_losses_finite'] else 'NO'} |"
         )
+    if args.paired:
+        ref = arms[0]
+        print(f"\nPaired against {ref['name']}, strict test (seeds where the arms disagree):\n")
+        print(f"| arm | both | only {ref['name']} | only the arm | neither | McNemar exact p |")
+        print("|---|---|---|---|---|---|")
+        for a in arms[1:]:
+            budget = min(ref["summary"]["budget"], a["summary"]["budget"])
+            c = paired_successes(ref["rows"], a["rows"], budget)
+            print(
+                f"| {a['name']} | {c['both']} | {c['only_a']} | {c['only_b']} | {c['neither']} "
+                f"| {c['p_two_sided']:.3f} |"
+            )
     for a in arms:
         print(f"\n{a['name']} (`{a['command']}`):\n")
         print(

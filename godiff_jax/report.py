@@ -14,6 +14,7 @@ and `best_seed{N}.extxyz`, each seed's lowest-energy structure with its energy a
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -179,6 +180,37 @@ def summarise(
     out["curve_evaluations"] = grid.tolist()
     out["curve_mean_best_above_min"] = np.nanmean(curves, axis=0).tolist() if len(curves) else []
     return out
+
+
+def paired_successes(rows_a: list[dict], rows_b: list[dict], budget: int, test: str = "strict"):
+    """Two arms on the same seeds, outcome by outcome, with McNemar's exact test.
+
+    Arms that share seeds draw the same prior and reverse noise, so their outcomes are
+    paired: only the seeds where they disagree say which is better. Returns the counts
+    (both, only a, only b, neither) and the two-sided exact p of the discordant seeds
+    (binomial, one half each way).
+    """
+    seeds_a, seeds_b = [r["seed"] for r in rows_a], [r["seed"] for r in rows_b]
+    if sorted(seeds_a) != sorted(seeds_b):
+        raise ValueError(f"arms are not paired: seeds {seeds_a} against {seeds_b}")
+
+    def hit(r):
+        e = r[f"first_success_{test}"]
+        return e is not None and e <= budget
+
+    b_by_seed = {r["seed"]: hit(r) for r in rows_b}
+    pairs = [(hit(r), b_by_seed[r["seed"]]) for r in rows_a]
+    only_a = sum(a and not b for a, b in pairs)
+    only_b = sum(b and not a for a, b in pairs)
+    n = only_a + only_b
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return {
+        "both": sum(a and b for a, b in pairs),
+        "only_a": only_a,
+        "only_b": only_b,
+        "neither": sum(not (a or b) for a, b in pairs),
+        "p_two_sided": min(1.0, 2 * tail),
+    }
 
 
 # --------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from godiff_jax.report import (
     adatom_landscape,
     best_curve,
     known_minimum,
+    paired_successes,
     run_system,
     seed_rows,
     strict_tests,
@@ -73,6 +74,23 @@ def test_summary_counts_only_successes_within_budget():
     assert s["successes_graph"] == 2 and s["median_seconds_to_success_graph"] == 6.0
     assert s["mean_best_energy_above_min"] == pytest.approx(0.2)
     assert s["curve_mean_best_above_min"] == [2.0, 1.0] and not s["all_losses_finite"]
+
+
+def test_paired_successes_mcnemar_hand_computed():
+    def rows(hits):  # first strict success per seed (None: never)
+        return [{"seed": s, "first_success_strict": h} for s, h in enumerate(hits)]
+
+    a = rows([100, None, None, None, 900, None, None, 3000])
+    b = rows([200, 300, 400, 500, None, None, None, None])
+    # budget 2560: seed 7's success at 3000 does not count. Discordant: a only on seed 4,
+    # b only on seeds 1-3; p = 2 (C(4,0) + C(4,1)) / 2^4 = 0.625
+    out = paired_successes(a, b, 2560)
+    assert out == {"both": 1, "only_a": 1, "only_b": 3, "neither": 3, "p_two_sided": 0.625}
+    # b better on all 3 discordant seeds: p = 2 / 2^3
+    assert paired_successes(rows([None] * 3), rows([1, 2, 3]), 10)["p_two_sided"] == 0.25
+    assert paired_successes(rows([1]), rows([1]), 10)["p_two_sided"] == 1.0
+    with pytest.raises(ValueError, match="not paired"):
+        paired_successes(rows([1, 2]), rows([1]), 10)
 
 
 @pytest.fixture(scope="module")
