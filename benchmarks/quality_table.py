@@ -3,8 +3,8 @@
     python benchmarks/quality_table.py benchmarks/results/cpu_adatom8_*.json \
         --figure benchmarks/results/cpu_adatom8_ablation.png
 
-Prints the summary table (one row per arm); with --paired, every arm against the first on
-the seeds they share (McNemar's exact test on the strict outcomes); then per-seed rows of
+Prints the summary table (one row per arm); with --paired, every arm that ran the same
+seeds against the first (McNemar's exact test on the strict outcomes); then per-seed rows of
 every arm.
 """
 
@@ -53,7 +53,13 @@ def main():
         print("|---|---|---|---|---|---|")
         for a in arms[1:]:
             budget = min(ref["summary"]["budget"], a["summary"]["budget"])
-            c = paired_successes(ref["rows"], a["rows"], budget)
+            try:
+                if a["system"] != ref["system"]:
+                    raise ValueError("another system")
+                c = paired_successes(ref["rows"], a["rows"], budget)
+            except ValueError:
+                print(f"| {a['name']} | not paired (another system or other seeds) | | | | |")
+                continue
             print(
                 f"| {a['name']} | {c['both']} | {c['only_a']} | {c['only_b']} | {c['neither']} "
                 f"| {c['p_two_sided']:.3f} |"
