@@ -11,7 +11,9 @@ from ase.calculators.emt import EMT
 
 class CountedEMT(EMT):
     """ASE's EMT that appends a line to `log` per call, and SIGKILLs its own process at
-    call number `kill_at` (once: the `log` file's length says how far it got)."""
+    call number `kill_at` or the first call after it (once: the `log` file's length says how
+    far it got). Two workers can append before either reads the length, so the test is
+    `>=`, and the `.killed` marker is created exclusively: exactly one process dies."""
 
     def __init__(self, log, kill_at=0, **kwargs):
         super().__init__(**kwargs)
@@ -23,8 +25,11 @@ class CountedEMT(EMT):
         with open(self.log, "a") as f:
             f.write(f"{self.results['energy']!r}\n")
         n = len(self.log.read_text().splitlines())
-        if n == self.kill_at and not Path(f"{self.log}.killed").exists():
-            Path(f"{self.log}.killed").touch()
+        if self.kill_at and n >= self.kill_at:
+            try:
+                os.close(os.open(f"{self.log}.killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as a crash
 
 
