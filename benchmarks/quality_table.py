@@ -53,13 +53,13 @@ def main():
         print("|---|---|---|---|---|---|")
         for a in arms[1:]:
             budget = min(ref["summary"]["budget"], a["summary"]["budget"])
-            try:
-                if a["system"] != ref["system"]:
-                    raise ValueError("another system")
-                c = paired_successes(ref["rows"], a["rows"], budget)
-            except ValueError:
+            same_seeds = sorted(r["seed"] for r in a["rows"]) == sorted(
+                r["seed"] for r in ref["rows"]
+            )
+            if a["system"] != ref["system"] or not same_seeds:
                 print(f"| {a['name']} | not paired (another system or other seeds) | | | | |")
                 continue
+            c = paired_successes(ref["rows"], a["rows"], budget)
             print(
                 f"| {a['name']} | {c['both']} | {c['only_a']} | {c['only_b']} | {c['neither']} "
                 f"| {c['p_two_sided']:.3f} |"

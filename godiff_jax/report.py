@@ -142,6 +142,12 @@ def seed_rows(
     return rows, grid, np.asarray(curves)
 
 
+def succeeded(row: dict, budget: int, test: str = "strict") -> bool:
+    """Whether a seed row's first success by `test` came within `budget` evaluations."""
+    e = row[f"first_success_{test}"]
+    return e is not None and e <= budget
+
+
 def summarise(
     rows: list[dict],
     budget: int,
@@ -159,13 +165,9 @@ def summarise(
                 out[f"{key}_{name}"] = None
             out[f"median_seconds_to_success_{name}"] = None
             continue
-        evals = [r[f"first_success_{name}"] for r in rows]
-        hits = [e for e in evals if e is not None and e <= budget]
+        hits = [r[f"first_success_{name}"] for r in rows if succeeded(r, budget, name)]
         secs = [
-            r[f"seconds_to_success_{name}"]
-            if r[f"first_success_{name}"] is not None and r[f"first_success_{name}"] <= budget
-            else np.inf
-            for r in rows
+            r[f"seconds_to_success_{name}"] if succeeded(r, budget, name) else np.inf for r in rows
         ]
         out[f"successes_{name}"] = len(hits)
         out[f"mean_evaluation_at_success_{name}"] = float(np.mean(hits)) if hits else None
@@ -193,13 +195,8 @@ def paired_successes(rows_a: list[dict], rows_b: list[dict], budget: int, test: 
     seeds_a, seeds_b = [r["seed"] for r in rows_a], [r["seed"] for r in rows_b]
     if sorted(seeds_a) != sorted(seeds_b):
         raise ValueError(f"arms are not paired: seeds {seeds_a} against {seeds_b}")
-
-    def hit(r):
-        e = r[f"first_success_{test}"]
-        return e is not None and e <= budget
-
-    b_by_seed = {r["seed"]: hit(r) for r in rows_b}
-    pairs = [(hit(r), b_by_seed[r["seed"]]) for r in rows_a]
+    b_by_seed = {r["seed"]: succeeded(r, budget, test) for r in rows_b}
+    pairs = [(succeeded(r, budget, test), b_by_seed[r["seed"]]) for r in rows_a]
     only_a = sum(a and not b for a, b in pairs)
     only_b = sum(b and not a for a, b in pairs)
     n = only_a + only_b
