@@ -1,11 +1,13 @@
 """Search quality over many seeds as one program: per-seed rows, the set's summary, a figure.
 
     python benchmarks/quality.py adatom --seeds 8 --name cpu_adatom8_default
+    python benchmarks/quality.py heptamer --seeds 8 --preset paper --name cpu_heptamer8_paper
     python benchmarks/quality.py heptamer --seeds 8 --preset reference --name gpu_heptamer8_ref
     python benchmarks/quality.py adatom --seeds 8 --set score_convention=textbook --name X
     python benchmarks/quality.py adatom --name X --score-only     # rescore runs/quality/X
 
-Runs the system's paper settings (experiments/SYSTEM.py `PAPER`) with the preset and
+Runs the system's default settings (experiments/SYSTEM.py `DEFAULT`; `--preset paper`: its
+`PAPER`; runs before 2026-12-04 started from `PAPER` without the preset) with the presets and
 overrides, then scores the run directory after the fact (godiff_jax.report) and writes
 benchmarks/results/NAME.json and NAME.png (schema: benchmarks/results/README.md).
 """
@@ -32,7 +34,7 @@ from godiff_jax.analysis import (
     heptamer_success_batch,
 )
 from godiff_jax.cli import apply_overrides
-from godiff_jax.config import PRESETS, apply_preset
+from godiff_jax.config import PRESET_NAMES, with_presets
 from godiff_jax.evaluate import JaxEvaluator
 from godiff_jax.plots import best_energy_figure
 from godiff_jax.potentials.emt import emt_energy_fn
@@ -46,13 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def paper_config(name: str):
+def experiment_settings(name: str):
+    """(default, paper, make_success) of experiments/NAME.py."""
     spec = importlib.util.spec_from_file_location(
         f"exp_{name}", ROOT / "experiments" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.PAPER, module.make_success
+    return module.DEFAULT, module.PAPER, module.make_success
 
 
 def heptamer_tests(system):
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", required=True, help="results file stem (benchmarks/results/NAME)")
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    p.add_argument("--preset", choices=PRESET_NAMES, action="append", default=None)
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--workdir", default=None, help="default runs/quality/NAME (resumes)")
     p.add_argument("--seed-batch", type=int, default=None)
@@ -122,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     keep_heap_memory()
     make_system, make_tests = SYSTEMS[args.system]
     system = make_system()
-    paper, make_success = paper_config(args.system)
-    config = apply_overrides(apply_preset(paper, args.preset), args.set)
+    default, paper, make_success = experiment_settings(args.system)
+    config = apply_overrides(with_presets(default, paper, args.preset), args.set)
     seeds = list(range(args.seed, args.seed + args.seeds))
     workdir = Path(args.workdir or ROOT / "runs" / "quality" / args.name)
     commit = git("rev-parse", "HEAD")

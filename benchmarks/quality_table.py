@@ -36,7 +36,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|")
     for a in arms:
         s = a["summary"]
-        settings = " ".join(([f"--preset {a['preset']}"] if a["preset"] else []) + a["overrides"])
+        presets = [a["preset"]] if isinstance(a["preset"], str) else a["preset"] or []
+        settings = " ".join([f"--preset {n}" for n in presets] + a["overrides"])
         print(
             f"| {a['name']} | {settings or 'default'} | {a['commit'][:7]}{'+' if a['dirty'] else ''} "
             f"| {s['successes_strict']}/{s['n_seeds']} | {fmt(s['successes_graph'])} "

@@ -14,10 +14,12 @@ from heptamer import QUICK, main
 
 PAPER = PLAIN.replace(kT_start=3.0, n_samples=64, train_steps=16000)
 
+# The paper's transfer settings are its default too (the fast variant is --quick).
 if __name__ == "__main__":
     main(
         PAPER,
         QUICK,
+        paper=PAPER,
         description="GO-Diff + transfer from the adatom model: Pt7 heptamer on Pt(111), JAX EMT",
         default_workdir="runs/heptamer_transfer",
         init="adatom",

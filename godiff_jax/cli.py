@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from godiff_jax import io
-from godiff_jax.config import PRESETS, SearchConfig, apply_preset, field_type
+from godiff_jax.config import PRESET_NAMES, SearchConfig, field_type, with_presets
 from godiff_jax.evaluate import Evaluator
 from godiff_jax.runner import run
 from godiff_jax.runtime import keep_heap_memory, use_compilation_cache
@@ -35,9 +35,11 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
     p.add_argument("--quick", action="store_true", help="small preset: minutes on a 2-core CPU")
     p.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=PRESET_NAMES,
+        action="append",
         default=None,
-        help="named settings overlay (reference: every choice of the authors' code)",
+        help="paper: the paper's settings instead of the default; reference: every choice "
+        "of the authors' code (repeatable: --preset paper --preset reference)",
     )
     p.add_argument("--iterations", type=int, default=None, help="stop after this many (resumable)")
     p.add_argument("--no-progress", action="store_true")
@@ -162,17 +164,23 @@ def run_experiment(
     init: str | None = None,
     quick_init: str | None = None,
     builtin: str | None = None,
+    paper: SearchConfig | None = None,
 ) -> None:
-    """The experiments' main: parse the arguments and run. `init` and `quick_init` are the
-    models that the run and the --quick run start from (a shipped name, a run directory or
-    a parameter file; None: a fresh model); --init-params or --from-scratch override."""
+    """The experiments' main: parse the arguments and run. `config` is the default and
+    `paper` the paper's settings, `--preset paper` (None: `config` is the paper's); `init`
+    and `quick_init` are the models that the run and the --quick run start from (a shipped
+    name, a run directory or a parameter file; None: a fresh model); --init-params or
+    --from-scratch override."""
     args = experiment_parser(description, default_workdir).parse_args(argv)
     default_init = quick_init if args.quick else init
     if args.init_params is None and not args.from_scratch:
         args.init_params = default_init
     keep_heap_memory()  # XLA re-allocates its buffers every call; keep freed heap mapped
     use_compilation_cache()
-    cfg = apply_overrides(apply_preset(quick if args.quick else config, args.preset), args.set)
+    if args.quick and args.preset and "paper" in args.preset:
+        raise SystemExit("--quick and --preset paper are two different settings; choose one")
+    base = quick if args.quick else config
+    cfg = apply_overrides(with_presets(base, paper or base, args.preset), args.set)
     seeds = list(range(args.seed, args.seed + args.seeds))
     workdir = Path(args.workdir)
     print(f"{system.name}: {len(seeds)} seed(s) {seeds}, workdir {workdir}")
@@ -292,14 +300,18 @@ def _run_spec(args):
             "overrides": overrides,
             "seeds": spec.seeds,
             "workdir": str(spec.workdir),
+            "settings_base": "default",  # the TOML's settings are over DEFAULT_SETTINGS
         }
         return spec, record
     path = Path(args.workdir) / RUN_RECORD
     if not path.exists():
         raise ConfigError(f"{args.workdir} holds no run made by `godiff run` (no {RUN_RECORD})")
     record = json.loads(path.read_text())
+    config = record["config"]
+    if record.get("settings_base") != "default" and "preset" not in config:
+        config = {**config, "preset": "paper"}  # made before the default changed
     spec = spec_from_dict(
-        record["config"],
+        config,
         record["base_dir"],
         record["overrides"],
         args.workdir,

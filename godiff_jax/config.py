@@ -67,7 +67,8 @@ class BufferConfig:
     buffer_size: int = 64
     kT_start: float = 5.0  # eV
     kT_end: float = 0.02  # eV
-    # iterations the fixed schedule cools over; the later ones stay at kT_end (0: all)
+    # iterations the fixed schedule cools over; the later ones stay at kT_end (0: all); the
+    # default cools over half (DEFAULT_SETTINGS), and `replace(n_iterations=...)` keeps the share
     kT_anneal_iterations: int = 0
     # kT is raised to where the archive's Boltzmann weights keep this ESS (None: never), so
     # that a cold schedule does not train on one structure, never above kT_start
@@ -201,7 +202,8 @@ class SearchConfig:
         if self.buffer.kT_anneal_iterations and (self.buffer.adaptive_kT or self.ess_sampling):
             raise ValueError(
                 "kT_anneal_iterations shapes the fixed schedule; adaptive_kT and ESS-driven "
-                "sampling set kT otherwise"
+                "sampling set kT otherwise (the default holds kT for the last half: add "
+                "kT_anneal_iterations=0)"
             )
         if self.n_train < 1:
             raise ValueError(
@@ -217,7 +219,15 @@ class SearchConfig:
 
     def replace(self, **names: Any) -> SearchConfig:
         """A copy with fields changed, by dotted name (`model__features` or a dict with
-        "model.features") or flat alias (`features`)."""
+        "model.features") or flat alias (`features`). Where only n_iterations changes, a
+        hold (kT_anneal_iterations) keeps its share of the iterations (at least 2; 0 for one)."""
+        keys = {resolve(n.replace("__", "."))[1] for n in names}
+        k = self.buffer.kT_anneal_iterations
+        if "n_iterations" in keys and "kT_anneal_iterations" not in keys and k:
+            n = names.get("n_iterations")
+            if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1:
+                share = 0 if n < 2 else min(n, max(2, round(k * n / self.n_iterations)))
+                names = {**names, "kT_anneal_iterations": share}
         return _replace(self, names)
 
     @property
@@ -368,6 +378,26 @@ PAPER_SETTINGS["adatom"] = PAPER_SETTINGS["heptamer"].replace(
 )
 
 
+# The default: the paper's settings with the momentum-consensus training stop capped at 500
+# steps, 100 reverse steps, and kT cooled over the first half of the iterations, then held
+# at kT_end. Heptamer: 6/8 seeds against the paper settings' 4/8 (seeds 0-7), 11/16 against
+# the full cooling's 5/16; adatom: 8/8 against 3/8; ~7-10x less time (benchmarks/RESULTS.md
+# sections 27, 30, 34, 36). The paper's settings are the preset "paper".
+def fast_settings(paper: SearchConfig) -> SearchConfig:
+    """The default made from a system's paper settings."""
+    return paper.replace(
+        train_stop=True,
+        train_steps=500,
+        n_reverse_steps=100,
+        kT_anneal_iterations=paper.n_iterations // 2,
+    )
+
+
+DEFAULT_SETTINGS: dict[str, SearchConfig] = {
+    name: fast_settings(paper) for name, paper in PAPER_SETTINGS.items()
+}
+PAPER = "paper"  # the preset that starts from the paper's settings instead of the default
+
 # Named overlays on a system's settings. "reference": every choice of the authors' code that
 # differs from ours (issue 8): truncated training noise, the loss averaged over all atoms,
 # a fresh optimizer per iteration, a 90/10 buffer split driving the plateau scheduler,
@@ -384,10 +414,28 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+PRESET_NAMES = (PAPER, *sorted(PRESETS))
+
+
 def apply_preset(config: SearchConfig, name: str | None) -> SearchConfig:
-    """`config` with the named preset's fields set (None: unchanged)."""
+    """`config` with the named overlay's fields set (None: unchanged)."""
     if name is None:
         return config
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
     return _replace(config, PRESETS[name])
+
+
+def with_presets(default: SearchConfig, paper: SearchConfig, names) -> SearchConfig:
+    """`default`, or `paper` where "paper" is among `names`, with the other named overlays
+    applied in their order (`--preset paper --preset reference`: the authors' code at the
+    paper's settings)."""
+    names = [] if names is None else [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in PRESET_NAMES]
+    if unknown:
+        raise ValueError(f"unknown preset {unknown[0]!r}; known: {', '.join(PRESET_NAMES)}")
+    config = paper if PAPER in names else default
+    for name in names:
+        if name != PAPER:
+            config = apply_preset(config, name)
+    return config

@@ -56,9 +56,15 @@ def write_config(workdir: Path, config: Any) -> None:
         old = _flat(from_dict(json.loads(path.read_text())).to_dict())
         diff = {k: (old.get(k), v) for k, v in _flat(new).items() if old.get(k) != v}
         if diff:
+            # a run started at the paper's settings before the default changed (2026-12-04)
+            hint = (
+                " (this run has the paper's settings: resume it with --preset paper)"
+                if {"train_steps", "n_reverse_steps", "train_stop"} <= set(diff)
+                else ""
+            )
             raise ValueError(
                 f"{workdir} holds a run with a different config {diff} (old, new); "
-                "use a new --workdir or the same settings to resume"
+                f"use a new --workdir or the same settings to resume{hint}"
             )
         return
     atomic_write(path, json.dumps(new, indent=2).encode())

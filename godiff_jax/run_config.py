@@ -1,5 +1,7 @@
 """A whole run from a TOML file: the system, the energy model, the search settings, outputs.
 
+    preset = "paper"                  # the paper's settings instead of the default (optional;
+                                      # a list adds overlays: ["paper", "reference"])
     n_iterations = 20                 # the search: SearchConfig's sections, same names as --set
     [sampler]    n_samples = 128
     [buffer]     kT_start = 5.0
@@ -27,8 +29,9 @@
     first_seed = 0
 
 Everything is checked before any work starts (`load_run`); each problem is a `ConfigError`
-naming the field and what was expected. The search settings default to the paper's
-heptamer settings, or, for a built-in system, to that system's paper settings.
+naming the field and what was expected. The search settings default to the heptamer's
+default settings (`godiff_jax.config.DEFAULT_SETTINGS`), or, for a built-in system, to that
+system's; `preset = "paper"` starts from the paper's settings instead.
 """
 
 from __future__ import annotations
@@ -46,11 +49,13 @@ from typing import Any
 import numpy as np
 
 from godiff_jax.config import (
+    DEFAULT_SETTINGS,
     PAPER_SETTINGS,
     SECTIONS,
     SearchConfig,
     field_names,
     field_type,
+    with_presets,
 )
 from godiff_jax.system import (
     System,
@@ -85,7 +90,7 @@ ML_POTENTIALS = {
 # and lies below the per-atom energy of every element's ground state in the PBE energies
 # these models are trained on (the lowest, the 5d metals W, Re, Os, near -13 eV/atom).
 DEFAULT_FLOOR_PER_ATOM = -15.0
-_TOP = {"n_iterations", "system", "energy", "run", *SECTIONS}
+_TOP = {"preset", "n_iterations", "system", "energy", "run", *SECTIONS}
 _SYSTEM_KEYS = {"builtin", "template", "mobile", "z_range", "box", "vacuum", "name"}
 _ENERGY_KEYS = {
     "model", "epsilon", "sigma", "cutoff", "kwargs", "n_workers", "asap_cutoff",
@@ -384,7 +389,7 @@ def spec_from_dict(data, base_dir, overrides=None, workdir=None, seeds=None, bas
             raise _unknown(key, _TOP | set(field_names()), "config")
     system, system_name = _system(data.get("system", {}), Path(base_dir))
     if base is None:
-        base = paper_settings(system_name)
+        base = system_settings(system_name, data.get("preset"))
     config = search_settings(data, base)
     if overrides:
         config = search_settings(_nest(overrides), config)
@@ -420,9 +425,19 @@ def _nest(names: dict[str, Any]) -> dict:
     return out
 
 
-def paper_settings(system_name: str) -> SearchConfig:
-    """The paper's settings for a built-in system (the heptamer's for any other)."""
-    return PAPER_SETTINGS.get(system_name, PAPER_SETTINGS["heptamer"])
+def system_settings(system_name: str, preset: Any = None) -> SearchConfig:
+    """The default settings of a built-in system (the heptamer's for any other), or with
+    `preset` (a name or a list of names) the paper's and the named overlays."""
+    names = [preset] if isinstance(preset, str) else preset
+    if names is not None and not (
+        isinstance(names, list) and all(isinstance(n, str) for n in names)
+    ):
+        raise ConfigError(f"preset: expected a name or a list of names, got {preset!r}")
+    name = system_name if system_name in PAPER_SETTINGS else "heptamer"
+    try:
+        return with_presets(DEFAULT_SETTINGS[name], PAPER_SETTINGS[name], names)
+    except ValueError as err:
+        raise ConfigError(f"preset: {err}") from None
 
 
 def success_test(spec: RunSpec, evaluator=None):

@@ -47,3 +47,40 @@ def test_config_json_round_trip_and_old_flat_files():
     assert from_dict(cfg.to_dict()) == cfg
     flat = {"n_iterations": 3, "n_samples": 6, "features": 8, "energy_floor": -5.0}
     assert from_dict(flat) == cfg  # a run directory written before the sections
+
+
+def test_the_default_is_the_paper_settings_made_fast_and_paper_is_a_preset():
+    from godiff_jax.config import DEFAULT_SETTINGS, PAPER_SETTINGS, PRESETS, with_presets
+
+    for name, steps, hold in (("heptamer", 8000, 10), ("adatom", 2000, 5)):
+        paper, default = PAPER_SETTINGS[name], DEFAULT_SETTINGS[name]
+        assert paper.train_steps == steps and not paper.train_stop
+        assert (paper.n_reverse_steps, paper.kT_anneal_iterations) == (500, 0)
+        assert (default.train_steps, default.train_stop, default.n_reverse_steps) == (
+            500,
+            True,
+            100,
+        )
+        assert default.kT_anneal_iterations == hold  # cools over half, holds the rest
+        assert default.replace(train_steps=steps, train_stop=False, n_reverse_steps=500,
+                               kT_anneal_iterations=0) == paper  # fmt: skip
+        assert with_presets(default, paper, None) == default
+        assert with_presets(default, paper, "paper") == paper
+        both = with_presets(default, paper, ["paper", "reference"])
+        assert both == paper.replace(**PRESETS["reference"]) and both.truncated_noise
+    with pytest.raises(ValueError, match="unknown preset 'fast'; known: paper, reference"):
+        with_presets(default, paper, ["fast"])
+
+
+def test_changing_only_n_iterations_keeps_the_hold_share():
+    from godiff_jax.config import DEFAULT_SETTINGS
+
+    heptamer = DEFAULT_SETTINGS["heptamer"]  # 10 of 20 iterations cool
+    assert heptamer.replace(n_iterations=30).kT_anneal_iterations == 15
+    assert heptamer.replace(n_iterations=7).kT_anneal_iterations == 4  # round(3.5): even
+    assert heptamer.replace(n_iterations=2).kT_anneal_iterations == 2  # cooling needs two
+    assert heptamer.replace(n_iterations=1).kT_anneal_iterations == 0
+    assert heptamer.replace(n_iterations=30, kT_anneal_iterations=3).kT_anneal_iterations == 3
+    assert SearchConfig().replace(n_iterations=30).kT_anneal_iterations == 0  # no hold, none
+    with pytest.raises(ValueError, match="add kT_anneal_iterations=0"):
+        heptamer.replace(adaptive_kT=True)

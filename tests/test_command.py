@@ -1,5 +1,7 @@
 """The `godiff` command as a user runs it: subprocesses on tiny configs."""
 
+import argparse
+import json
 import os
 import subprocess
 import sys
@@ -237,10 +239,39 @@ def test_run_killed_mid_evaluation_resumes_without_recomputing(tmp_path, capsys)
 def test_example_configs_are_valid(name):
     spec = load_run(TESTS.parent / "experiments" / "configs" / f"{name}.toml")
     assert spec.system.n_mobile >= 1 and spec.seeds == [0]
-    if name in ("heptamer", "adatom"):  # the paper's settings, as the experiment scripts
-        from godiff_jax.config import PAPER_SETTINGS
+    if name in ("heptamer", "adatom"):  # the default settings, as the experiment scripts
+        from godiff_jax.config import DEFAULT_SETTINGS
 
-        assert spec.config == PAPER_SETTINGS[name]
+        assert spec.config == DEFAULT_SETTINGS[name]
+
+
+def test_a_config_file_preset_selects_the_paper_settings(tmp_path):
+    from godiff_jax.config import PAPER_SETTINGS, PRESETS
+    from godiff_jax.run_config import spec_from_dict
+
+    adatom = {"system": {"builtin": "adatom"}}
+    spec = spec_from_dict({**adatom, "preset": "paper"}, tmp_path)
+    assert spec.config == PAPER_SETTINGS["adatom"]
+    spec = spec_from_dict({**adatom, "preset": ["paper", "reference"], "n_iterations": 4}, tmp_path)
+    assert spec.config == PAPER_SETTINGS["adatom"].replace(n_iterations=4, **PRESETS["reference"])
+    for bad, match in ((3, "expected a name or a list of names, got 3"),
+                       ("papers", "unknown preset 'papers'; known: paper, reference")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"preset: {match}"):
+            spec_from_dict({**adatom, "preset": bad}, tmp_path)
+
+
+def test_a_run_made_before_the_default_changed_resumes_at_the_paper_settings(tmp_path):
+    from godiff_jax.cli import RUN_RECORD, _run_spec
+    from godiff_jax.config import DEFAULT_SETTINGS, PAPER_SETTINGS
+
+    record = {"config": {"system": {"builtin": "adatom"}}, "base_dir": str(tmp_path),
+              "overrides": {}, "seeds": [0], "workdir": str(tmp_path)}  # fmt: skip
+    (tmp_path / RUN_RECORD).write_text(json.dumps(record))
+    args = argparse.Namespace(command="resume", workdir=str(tmp_path))
+    assert _run_spec(args)[0].config == PAPER_SETTINGS["adatom"]
+    record["settings_base"] = "default"  # what `godiff run` records now
+    (tmp_path / RUN_RECORD).write_text(json.dumps(record))
+    assert _run_spec(args)[0].config == DEFAULT_SETTINGS["adatom"]
 
 
 def test_the_sevennet_example_is_valid(monkeypatch):

@@ -148,3 +148,29 @@ def test_heptamer_quick_starts_from_the_shipped_adatom_model(monkeypatch, argv, 
         heptamer.main(argv=argv)
     assert seen["init"] == expected
     assert seen["kT_start"] == (3.0 if "--quick" in argv else 5.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], "DEFAULT"), (["--preset", "paper"], "PAPER"), (["--quick"], "QUICK")],
+)
+def test_the_heptamer_runs_the_default_and_the_paper_settings_as_a_preset(
+    monkeypatch, argv, expected
+):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+    import heptamer
+
+    seen = {}
+
+    def fake_start(system, config, args):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "pretrained_start", fake_start)
+    with pytest.raises(SystemExit):
+        heptamer.main(argv=argv)
+    assert seen["config"] == getattr(heptamer, expected)
+    with pytest.raises(SystemExit, match="--quick and --preset paper"):
+        heptamer.main(argv=["--quick", "--preset", "paper"])
