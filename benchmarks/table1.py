@@ -5,7 +5,10 @@
         "Basin hopping=benchmarks/results/cpu_heptamer8_basin_hopping.json" \
         "GO-Diff, 500 training steps=benchmarks/results/cpu_heptamer8_trainstop500.json"
 
-Each argument is LABEL=FILE. Prints a markdown table: budget, successes out of the seeds
+Each argument is LABEL=FILE. A row labelled as one of the paper's ("GO-Diff", "GO-Diff +
+FFG", "GO-Diff + Transfer") must come from a run at the paper's settings of that method
+(`quality.py --preset paper`, the experiment script's PAPER), whatever the defaults are;
+label any other run otherwise ("GO-Diff, default settings"). Prints a markdown table: budget, successes out of the seeds
 by the strict and the graph-only test, each with a 95 % Clopper-Pearson interval, mean
 evaluation at a strict success, median best single point above the minimum, and the
 command that made the row; then the paper's own Table 1 (MACE-MP-0 energies) beside it.
@@ -14,11 +17,23 @@ command that made the row; then the paper's own Table 1 (MACE-MP-0 energies) bes
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from scipy.stats import beta
+
+from godiff_jax.config import from_dict
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+# The paper's rows and the experiment scripts whose PAPER settings they must have run.
+PAPER_ROWS = {
+    "GO-Diff": "heptamer",
+    "GO-Diff + FFG": "heptamer_ffg",
+    "GO-Diff + Transfer": "heptamer_transfer",
+}
 
 # The paper's Table 1 (MACE-MP-0, AGOX for RSS): method, budget, successes, mean success
 # evaluation.
@@ -42,6 +57,29 @@ def _successes(rows: list[dict], key: str) -> str:
     k, n = sum(r[key] is not None for r in rows), len(rows)
     lo, hi = clopper_pearson(k, n)
     return f"{k}/{n} ({lo:.2f}-{hi:.2f})"
+
+
+def check_paper_row(label: str, result: dict, path: str) -> None:
+    """Refuse a paper row (PAPER_ROWS) whose run did not have that method's paper settings."""
+    if label not in PAPER_ROWS:
+        return
+    sys.path.insert(0, str(EXPERIMENTS))
+    paper = importlib.import_module(PAPER_ROWS[label]).PAPER.to_dict()
+    ran = from_dict(result["settings"]).to_dict()
+    diff = {
+        f"{section}.{k}": (v, paper[section][k])
+        for section, fields in ran.items()
+        for k, v in (fields.items() if isinstance(fields, dict) else [(None, fields)])
+        if (paper[section][k] if k is not None else paper[section]) != v
+    }
+    transfer = label == "GO-Diff + Transfer"
+    if diff or transfer != (result.get("init_params") is not None):
+        raise SystemExit(
+            f"{path}: the {label!r} row is the paper's settings ({PAPER_ROWS[label]}.py PAPER, "
+            f"quality.py --preset paper{', from a trained model' if transfer else ''}), but "
+            f"this run differs (ran, paper): {diff or 'its starting model'}; label it "
+            f"otherwise, e.g. {label + ', default settings'!r}"
+        )
 
 
 def row(label: str, result: dict) -> str:
@@ -68,7 +106,9 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for item in args.methods:
         label, _, path = item.partition("=")
-        print(row(label, json.loads(Path(path).read_text())))
+        result = json.loads(Path(path).read_text())
+        check_paper_row(label, result, path)
+        print(row(label, result))
     print("\nThe paper's Table 1 (MACE-MP-0 energies; success by the bond graph alone):\n")
     print("| method | evaluations | success | mean success evaluation |")
     print("| --- | --- | --- | --- |")

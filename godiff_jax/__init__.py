@@ -56,7 +56,7 @@ from godiff_jax.buffer import (
     weighted_sample_without_replacement,
 )
 from godiff_jax.checkpoint import __version__ as __version__  # the installed distribution
-from godiff_jax.config import SearchConfig, make_config
+from godiff_jax.config import DEFAULT_SETTINGS, PAPER_SETTINGS, SearchConfig, make_config
 from godiff_jax.evaluate import AseEvaluator, Evaluation, JaxEvaluator, evaluate_with_calculator
 from godiff_jax.loss import boltzmann_weights, dsm_error, weighted_dsm_loss
 from godiff_jax.runner import run
@@ -75,6 +75,8 @@ from godiff_jax.system import (
 from godiff_jax.train import TrainState, init_train_state, make_optimizer, train_steps
 
 __all__ = [
+    "DEFAULT_SETTINGS",
+    "PAPER_SETTINGS",
     "AseEvaluator",
     "EMTCalculator",
     "Evaluation",

@@ -179,7 +179,8 @@ SECTIONS: dict[str, type] = {
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """Hyperparameters of one GO-Diff run; defaults are the paper's heptamer settings.
+    """Hyperparameters of one GO-Diff run; its field defaults are the paper's heptamer
+    settings (what the scripts run by default is `DEFAULT_SETTINGS[system]`).
 
     Read a field by its section (`config.training.train_steps`) or by its flat alias
     (`config.train_steps`); build one with `make_config(**names)`, change one with

@@ -278,3 +278,26 @@ def test_report_of_a_directory_without_a_run_fails(tmp_path, capsys):
         text=True,
     )
     assert out.returncode == 2 and "missing is not a directory" in out.stderr
+
+
+def test_table1_paper_rows_must_be_the_paper_settings():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import table1
+
+    from godiff_jax.config import DEFAULT_SETTINGS, PAPER_SETTINGS
+
+    paper = {"settings": PAPER_SETTINGS["heptamer"].to_dict(), "init_params": None}
+    table1.check_paper_row("GO-Diff", paper, "p.json")
+    fast = {"settings": DEFAULT_SETTINGS["heptamer"].to_dict(), "init_params": None}
+    table1.check_paper_row("GO-Diff, default settings", fast, "f.json")  # not a paper row
+    with pytest.raises(SystemExit, match=r"f.json: the 'GO-Diff' row .*'training.train_steps'"):
+        table1.check_paper_row("GO-Diff", fast, "f.json")
+    with pytest.raises(
+        SystemExit, match="'GO-Diff \\+ FFG' row .*'guidance.ffg': \\(False, True\\)"
+    ):
+        table1.check_paper_row("GO-Diff + FFG", paper, "p.json")
+    with pytest.raises(SystemExit, match="from a trained model"):
+        transfer = PAPER_SETTINGS["heptamer"].replace(kT_start=3.0, n_samples=64, train_steps=16000)
+        table1.check_paper_row(
+            "GO-Diff + Transfer", {"settings": transfer.to_dict(), "init_params": None}, "t.json"
+        )
