@@ -6,10 +6,10 @@
 #   matplotlib is optional: without it quality.py writes the JSON and skips the PNG)
 # Usage there:
 #   bash benchmarks/device_quality.sh SECONDS_PER_ARM "NAME|SYSTEM ARGS" ["NAME|SYSTEM ARGS" ...]
-#   e.g. bash benchmarks/device_quality.sh 420 "gpu_heptamer8_default|heptamer --seeds 8" \
-#          "gpu_heptamer8_textbook|heptamer --seeds 8 --set score_convention=textbook"
-# 8 heptamer seeds at the paper settings took 349 s on an H100: two arms fit one 15-minute
-# device budget. Results land in $OUT/NAME.json (copy them to benchmarks/results/).
+#   e.g. bash benchmarks/device_quality.sh 420 "gpu_heptamer8_paper|heptamer --seeds 8 --preset paper" \
+#          "gpu_heptamer8_default|heptamer --seeds 8"
+# 8 heptamer seeds at the paper settings (--preset paper; the default is the fast one) took
+# 349 s on an H100: two arms fit one 15-minute device budget. Results land in $OUT/NAME.json (copy them to benchmarks/results/).
 set -u
 budget=${1:-420}; shift || true
 out=${OUT:-/tmp/out}; mkdir -p "$out"

@@ -58,8 +58,9 @@ def write_config(workdir: Path, config: Any) -> None:
         if diff:
             # a run started at the paper's settings before the default changed (2026-12-04)
             hint = (
-                " (this run has the paper's settings: resume it with --preset paper)"
-                if {"train_steps", "n_reverse_steps", "train_stop"} <= set(diff)
+                " (this run has the paper's settings: resume it with --preset paper, or `godiff resume`)"
+                if {"train_steps", "n_reverse_steps", "train_stop"}
+                <= {k.rpartition(".")[2] for k in diff}
                 else ""
             )
             raise ValueError(

@@ -84,3 +84,16 @@ def test_changing_only_n_iterations_keeps_the_hold_share():
     assert SearchConfig().replace(n_iterations=30).kT_anneal_iterations == 0  # no hold, none
     with pytest.raises(ValueError, match="add kT_anneal_iterations=0"):
         heptamer.replace(adaptive_kT=True)
+
+
+def test_resuming_a_paper_settings_run_with_the_default_names_the_preset(tmp_path):
+    from godiff_jax import io
+    from godiff_jax.config import DEFAULT_SETTINGS, PAPER_SETTINGS
+
+    io.write_config(tmp_path, PAPER_SETTINGS["heptamer"])
+    with pytest.raises(ValueError, match="resume it with --preset paper"):
+        io.write_config(tmp_path, DEFAULT_SETTINGS["heptamer"])
+    with pytest.raises(
+        ValueError, match=r"train_steps.*use a new --workdir or the same settings to resume$"
+    ):
+        io.write_config(tmp_path, PAPER_SETTINGS["heptamer"].replace(train_steps=7))
