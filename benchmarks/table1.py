@@ -26,6 +26,7 @@ from pathlib import Path
 from scipy.stats import beta
 
 from godiff_jax.config import from_dict
+from godiff_jax.io import config_diff
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # The paper's rows and the experiment scripts whose PAPER settings they must have run.
@@ -64,14 +65,8 @@ def check_paper_row(label: str, result: dict, path: str) -> None:
     if label not in PAPER_ROWS:
         return
     sys.path.insert(0, str(EXPERIMENTS))
-    paper = importlib.import_module(PAPER_ROWS[label]).PAPER.to_dict()
-    ran = from_dict(result["settings"]).to_dict()
-    diff = {
-        f"{section}.{k}": (v, paper[section][k])
-        for section, fields in ran.items()
-        for k, v in (fields.items() if isinstance(fields, dict) else [(None, fields)])
-        if (paper[section][k] if k is not None else paper[section]) != v
-    }
+    paper = importlib.import_module(PAPER_ROWS[label]).PAPER
+    diff = config_diff(from_dict(result["settings"]), paper)  # {name: (ran, paper)}
     transfer = label == "GO-Diff + Transfer"
     if diff or transfer != (result.get("init_params") is not None):
         raise SystemExit(

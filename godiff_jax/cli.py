@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from godiff_jax import io
-from godiff_jax.config import PRESET_NAMES, SearchConfig, field_type, with_presets
+from godiff_jax.config import PAPER, PRESET_NAMES, SearchConfig, field_type, with_presets
 from godiff_jax.evaluate import Evaluator
 from godiff_jax.runner import run
 from godiff_jax.runtime import keep_heap_memory, use_compilation_cache
@@ -177,7 +177,7 @@ def run_experiment(
         args.init_params = default_init
     keep_heap_memory()  # XLA re-allocates its buffers every call; keep freed heap mapped
     use_compilation_cache()
-    if args.quick and args.preset and "paper" in args.preset:
+    if args.quick and args.preset and PAPER in args.preset:
         raise SystemExit("--quick and --preset paper are two different settings; choose one")
     base = quick if args.quick else config
     cfg = apply_overrides(with_presets(base, paper or base, args.preset), args.set)
@@ -309,7 +309,7 @@ def _run_spec(args):
     record = json.loads(path.read_text())
     config = record["config"]
     if record.get("settings_base") != "default" and "preset" not in config:
-        config = {**config, "preset": "paper"}  # made before the default changed
+        config = {**config, "preset": PAPER}  # made before the default changed
     spec = spec_from_dict(
         config,
         record["base_dir"],

@@ -45,16 +45,20 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def config_diff(old: Any, new: Any) -> dict[str, tuple]:
+    """{dotted name: (old, new)} of the fields where two SearchConfigs differ."""
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    return {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
+
+
 def write_config(workdir: Path, config: Any) -> None:
     """Store the config; an existing run directory must have been made with the same one
     (an older directory's flat config.json is read through the flat aliases)."""
     from godiff_jax.config import from_dict
 
     path = Path(workdir) / CONFIG
-    new = config.to_dict()
     if path.exists():
-        old = _flat(from_dict(json.loads(path.read_text())).to_dict())
-        diff = {k: (old.get(k), v) for k, v in _flat(new).items() if old.get(k) != v}
+        diff = config_diff(from_dict(json.loads(path.read_text())), config)
         if diff:
             # a run started at the paper's settings before the default changed (2026-12-04)
             hint = (
@@ -68,7 +72,7 @@ def write_config(workdir: Path, config: Any) -> None:
                 f"use a new --workdir or the same settings to resume{hint}"
             )
         return
-    atomic_write(path, json.dumps(new, indent=2).encode())
+    atomic_write(path, json.dumps(config.to_dict(), indent=2).encode())
 
 
 def append_metrics(workdir: Path, rows: list[dict]) -> None:
