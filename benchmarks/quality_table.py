@@ -37,7 +37,8 @@ def main():
     for a in arms:
         s = a["summary"]
         presets = [a["preset"]] if isinstance(a["preset"], str) else a["preset"] or []
-        settings = " ".join([f"--preset {n}" for n in presets] + a["overrides"])
+        start = [f"--init-params {a['init_params']}"] if a.get("init_params") else []
+        settings = " ".join([f"--preset {n}" for n in presets] + start + a["overrides"])
         print(
             f"| {a['name']} | {settings or 'default'} | {a['commit'][:7]}{'+' if a['dirty'] else ''} "
             f"| {s['successes_strict']}/{s['n_seeds']} | {fmt(s['successes_graph'])} "
