@@ -116,6 +116,14 @@ class DaskEvaluator:
                 self._owned = [self._client, cluster]
         return self._client
 
+    def _restore_workers(self) -> None:
+        # A LocalCluster gives up on a killed worker whose restart takes longer than
+        # `distributed.deploy.lost-worker-timeout` (15 s; a loaded machine importing JAX
+        # can take longer) and closes its nanny for good; ask for the full count again.
+        cluster = self._owned[-1] if len(self._owned) == 2 else None
+        if cluster is not None and len(cluster.workers) < len(cluster.worker_spec):
+            cluster.scale(len(cluster.worker_spec))
+
     def close(self) -> None:
         for thing in self._owned:
             thing.close()
@@ -138,6 +146,7 @@ class DaskEvaluator:
         if not todo:
             return
         client = self.client
+        self._restore_workers()
         topic = f"godiff-start-{uuid.uuid4().hex}"
         started: dict[int, tuple[float, str]] = {}
 

@@ -10,8 +10,8 @@ import pytest
 from ase.calculators.emt import EMT
 
 distributed = pytest.importorskip("distributed")
-
 import calculators  # noqa: E402  (tests/calculators.py; workers import it too)
+import dask  # noqa: E402
 from conftest import TINY, run_emt  # noqa: E402
 
 from godiff_jax import io, pt111_heptamer, stepped_pt_adatom  # noqa: E402
@@ -22,9 +22,14 @@ from godiff_jax.sde import sample_prior  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as c:
+    # The killed-worker tests need the nanny's restart: on a loaded CI machine it can take
+    # longer than the LocalCluster's 15 s before it closes a lost worker's nanny for good.
+    with (
+        dask.config.set({"distributed.deploy.lost-worker-timeout": "10 minutes"}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as c,
+    ):
         yield c
 
 
@@ -154,3 +159,24 @@ def test_a_run_completes_through_a_killed_worker_and_writes_every_result(client,
     assert n >= 10 and reasons <= {None, REJECTED}  # nothing lost to the dead worker
     assert [m["seed"] for m in io.read_metrics(tmp_path)] == [0, 1]
     client.wait_for_workers(2, timeout=60)
+
+
+def test_an_owned_cluster_restarts_a_worker_its_nanny_gave_up_on(batch, serial, tmp_path):
+    system, x, valid = batch
+    make = functools.partial(calculators.CountedEMT, tmp_path / "calls", kill_at=2)
+    # A lost-worker timeout shorter than any restart: the killed worker's nanny is closed.
+    with (
+        dask.config.set({"distributed.deploy.lost-worker-timeout": "0.1 s"}),
+        DaskEvaluator(make, n_workers=2) as ev,
+    ):
+        out = ev(system, x, valid)
+        assert (tmp_path / "calls.killed").exists()
+        np.testing.assert_array_equal(out.energies, serial.energies)
+        cluster = ev._owned[-1]
+        deadline = time.monotonic() + 30
+        while len(cluster.workers) == 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(cluster.workers) == 1  # the cluster gave up on the killed worker
+        out = ev(system, x, valid)  # asks for both workers again
+        np.testing.assert_array_equal(out.energies, serial.energies)
+        ev.client.wait_for_workers(2, timeout=60)
