@@ -11,7 +11,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from godiff_jax.geometry import clip_per_atom, confine
 from godiff_jax.loss import boltzmann_weights
+from godiff_jax.system import System
 
 
 class Archive(NamedTuple):
@@ -110,3 +112,19 @@ def truncate_buffer(buffer: Buffer, size: jax.Array, kT: float | jax.Array) -> B
     first `size` are the same Efraimidis–Spirakis draw as one of that size."""
     valid = buffer.valid & (jnp.arange(buffer.valid.shape[0]) < size)
     return buffer._replace(valid=valid, weights=boltzmann_weights(buffer.energies, kT, valid))
+
+
+def polish_buffer(system: System, buffer: Buffer, step: float, max_step: float) -> Buffer:
+    """The buffer with each structure moved one steepest-descent step down its evaluated
+    forces: x + step * F, each atom's move at most max_step Å, confined to the box.
+
+    The forces come with every energy evaluation, so this costs none: the model then learns
+    structures nearer their local minima, its samples' single points sit nearer their
+    relaxed energies, and the Boltzmann weights rank basins rather than sampling noise. The
+    energies (and so the weights) stay the evaluated ones.
+    """
+    dx = clip_per_atom(step * buffer.forces, max_step)
+    moved = jax.vmap(lambda x: confine(system, x))(buffer.positions + dx)
+    return buffer._replace(
+        positions=jnp.where(buffer.valid[:, None, None], moved, buffer.positions)
+    )

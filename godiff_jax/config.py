@@ -121,6 +121,11 @@ class TrainingConfig:
     loss_normalisation: str = "mobile"  # or "all_atoms": per-atom mean over template too
     fresh_optimizer: bool = False  # new AdamW + plateau state every iteration (Lightning `fit`)
     holdout_fraction: float = 0.0  # buffer share held out; its loss drives the plateau
+    # Train on each buffer structure moved one step down its evaluated forces, x + polish_step
+    # F (Å^2/eV; 0: off; 1/70 is ASE's initial inverse curvature), each atom at most
+    # polish_max_step Å (`buffer.polish_buffer`): no extra evaluations.
+    polish_step: float = 0.0
+    polish_max_step: float = 0.1
     # The momentum-consensus stop of go-diff 1.1.0 (issue 16); train_steps becomes the cap.
     train_stop: bool = False
     stop_warmup: int = 50
@@ -138,6 +143,10 @@ class TrainingConfig:
             )
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must lie in [0, 1), got {self.holdout_fraction}")
+        if not (np.isfinite(self.polish_step) and self.polish_step >= 0):
+            raise ValueError(f"polish_step must be finite and >= 0, got {self.polish_step}")
+        if not (np.isfinite(self.polish_max_step) and self.polish_max_step > 0):
+            raise ValueError(f"polish_max_step must be finite and > 0, got {self.polish_max_step}")
 
     @property
     def stop_rule(self) -> StopRule | None:

@@ -294,6 +294,12 @@ def min_distance(system: System, mobile_positions: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(jnp.asarray(excluded), jnp.inf, d))
 
 
+def clip_per_atom(dx: jax.Array, max_step: float) -> jax.Array:
+    """dx [..., M, 3] with every atom's step shortened to at most max_step."""
+    norm = jnp.linalg.norm(dx, axis=-1, keepdims=True)
+    return dx * jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-12))
+
+
 def confine(system: System, mobile_positions: jax.Array) -> jax.Array:
     """Clamp into the box and wrap x/y into the periodic cell (surface mode)."""
     x = jnp.asarray(mobile_positions)  # float64 numpy input becomes float32 without x64

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from godiff_jax.buffer import Archive
-from godiff_jax.geometry import minimum_image, periodic_axes
+from godiff_jax.geometry import clip_per_atom, minimum_image, periodic_axes
 from godiff_jax.model import ScoreModel
 from godiff_jax.model.layers import GatedEquivariantHead
 from godiff_jax.sampler import Corrector
@@ -211,12 +211,6 @@ def lbfgs_step(mem: LBFGSMemory, x: jax.Array, g: jax.Array, h0_default: float, 
     h0 = jnp.where(has_pair, bb, h0_default)
     d = jax.vmap(two_loop)(g, s, y, rho, newest, h0)
     return d, LBFGSMemory(s, y, rho, newest, x, g, jnp.ones_like(mem.started))
-
-
-def clip_per_atom(dx: jax.Array, max_step: float) -> jax.Array:
-    """dx [..., M, 3] with every atom's step shortened to at most max_step."""
-    norm = jnp.linalg.norm(dx, axis=-1, keepdims=True)
-    return dx * jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-12))
 
 
 def force_corrector(

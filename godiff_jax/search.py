@@ -17,7 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from godiff_jax import ess
-from godiff_jax.buffer import Archive, add_to_archive, init_archive, select_buffer, truncate_buffer
+from godiff_jax.buffer import (
+    Archive,
+    add_to_archive,
+    init_archive,
+    polish_buffer,
+    select_buffer,
+    truncate_buffer,
+)
 from godiff_jax.config import (  # noqa: F401 (re-exported: the config's old home)
     PRESETS,
     SearchConfig,
@@ -247,6 +254,8 @@ class GODiff:
         elif t.reset_plateau_each_iteration:
             train = reset_plateau(train, self.optimizer)
         all_atoms = t.loss_normalisation == "all_atoms"
+        if t.polish_step > 0:
+            buffer = polish_buffer(self.system, buffer, t.polish_step, t.polish_max_step)
         return run_train_steps(
             self.model,
             self.optimizer,

@@ -10,10 +10,9 @@ from conftest import TINY
 
 from godiff_jax import stepped_pt_adatom
 from godiff_jax.buffer import add_to_archive, init_archive
-from godiff_jax.geometry import min_distance
+from godiff_jax.geometry import clip_per_atom, min_distance
 from godiff_jax.guidance import (
     ForceHead,
-    clip_per_atom,
     force_corrector,
     init_memory,
     lbfgs_step,
