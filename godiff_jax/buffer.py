@@ -128,3 +128,8 @@ def polish_buffer(system: System, buffer: Buffer, step: float, max_step: float) 
     return buffer._replace(
         positions=jnp.where(buffer.valid[:, None, None], moved, buffer.positions)
     )
+
+
+def uniform_weights(buffer: Buffer) -> Buffer:
+    """The buffer with weight 1 on every valid structure (the draw alone selects)."""
+    return buffer._replace(weights=buffer.valid.astype(buffer.weights.dtype))

@@ -75,6 +75,10 @@ class BufferConfig:
     # (`ess.ess_temperature`)
     kT_ess_floor: float | None = None
     energy_floor: float | None = None  # eV; lower energies are masked (ML-potential holes)
+    # The loss weights of the buffer drawn at kT: "boltzmann" (at kT, the paper's) or
+    # "uniform" (every structure drawn counts the same: the draw alone selects, so a cold
+    # buffer is the lowest structures found, trained on alike rather than on the one lowest)
+    loss_weights: str = "boltzmann"
     adaptive_kT: bool = False  # kT_0 = std(E) of the first samples, then x0.95 / x0.5
     kT_hot_factor: float = 0.95  # while the heat capacity Var(E) / kT^2 exceeds 1
     kT_cold_factor: float = 0.5  # once it does not
@@ -90,6 +94,8 @@ class BufferConfig:
 
     def __post_init__(self):
         check_spread(self.kT_spread, "kT_spread")
+        if self.loss_weights not in ("boltzmann", "uniform"):
+            raise ValueError(f"loss_weights: 'boltzmann' or 'uniform', got {self.loss_weights!r}")
         k = self.kT_anneal_iterations
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise ValueError(f"kT_anneal_iterations must be an integer, got {k!r}")

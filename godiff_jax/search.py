@@ -24,6 +24,7 @@ from godiff_jax.buffer import (
     polish_buffer,
     select_buffer,
     truncate_buffer,
+    uniform_weights,
 )
 from godiff_jax.config import (  # noqa: F401 (re-exported: the config's old home)
     PRESETS,
@@ -234,8 +235,15 @@ class GODiff:
         batch_ess = ess.effective_sample_size(energies, valid, kT_ref)
         key = jax.random.fold_in(state.key, 1)
         buffer = select_buffer(key, archive, kT, self.config.buffer_capacity)
-        if not b.ess_buffer:
-            return buffer, batch_ess, state.ess_average
+        average = state.ess_average
+        if b.ess_buffer:
+            buffer, average = self._ess_sized(state, archive, kT, buffer)
+        if b.loss_weights == "uniform":
+            buffer = uniform_weights(buffer)
+        return buffer, batch_ess, average
+
+    def _ess_sized(self, state: RunState, archive: Archive, kT, buffer):
+        b = self.config.buffer
         size, average = ess.buffer_size(
             state.ess_average,
             ess.effective_sample_size(archive.energies, archive.valid, kT),
@@ -244,7 +252,7 @@ class GODiff:
             b.ess_buffer_min,
             b.ess_buffer_max,
         )
-        return truncate_buffer(buffer, size, kT), batch_ess, average
+        return truncate_buffer(buffer, size, kT), average
 
     def _train(self, state: RunState, key: jax.Array, buffer) -> tuple[TrainState, StepStats]:
         t = self.config.training
