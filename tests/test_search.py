@@ -5,6 +5,7 @@ import json
 import ase.db
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
@@ -13,6 +14,8 @@ from conftest import TINY, TINY_ESS, run_emt
 from godiff_jax import checkpoint, io, stepped_pt_adatom
 from godiff_jax import runner as runner_module
 from godiff_jax.evaluate import AseEvaluator
+from godiff_jax.potentials.emt import emt_energy_fn
+from godiff_jax.search import GODiff
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +295,34 @@ def test_energy_floor_rejects_are_not_written_nor_successes(system, tmp_path):
     # the rejects are recorded, marked invalid with their reason
     assert len(rejected_rows) == rejected
     assert all(r.reason == "below energy_floor" and r.energy <= floor_at for r in rejected_rows)
+
+
+def _one_iteration(system, config):
+    search = GODiff(system, config)
+    state = search.init_state(jax.random.PRNGKey(3))
+    return search, jax.jit(lambda s: search.iteration(s, emt_energy_fn(system)))(state)
+
+
+def test_uniform_loss_weights_train_on_the_same_draw_with_equal_weights(system):
+    """The buffer is the same Efraimidis-Spirakis draw at kT; only its loss weights change:
+    1 on each valid structure instead of the Boltzmann weights (which are not all 1)."""
+    _, (_, boltz) = _one_iteration(system, TINY)
+    _, (_, uni) = _one_iteration(system, TINY.replace(loss_weights="uniform"))
+    np.testing.assert_array_equal(uni.buffer_energies, boltz.buffer_energies)
+    np.testing.assert_array_equal(uni.buffer_valid, boltz.buffer_valid)
+    np.testing.assert_array_equal(uni.buffer_weights, np.asarray(boltz.buffer_valid, float))
+    assert np.ptp(np.asarray(boltz.buffer_weights)[np.asarray(boltz.buffer_valid)]) > 0.1
+
+
+def test_polish_step_changes_training_not_the_draw(system):
+    """With polish_step the buffer drawn and its weights are the same, the model trained
+    on the moved structures differs; polish_step=0 is the unpolished run bitwise."""
+    _, (plain, info) = _one_iteration(system, TINY)
+    _, (off, _) = _one_iteration(system, TINY.replace(polish_step=0.0, polish_max_step=0.3))
+    _, (on, info_on) = _one_iteration(system, TINY.replace(polish_step=0.05))
+    _leaves_equal(plain.train.params, off.train.params)
+    np.testing.assert_array_equal(info_on.buffer_weights, info.buffer_weights)
+    diff = jax.tree_util.tree_map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))), plain.train.params, on.train.params
+    )
+    assert max(jax.tree_util.tree_leaves(diff)) > 0
