@@ -397,8 +397,8 @@ PAPER_SETTINGS["adatom"] = PAPER_SETTINGS["heptamer"].replace(
 # The default: the paper's settings with the momentum-consensus training stop capped at 500
 # steps, 100 reverse steps, and kT cooled over the first half of the iterations, then held
 # at kT_end. Heptamer: 6/8 seeds against the paper settings' 4/8 (seeds 0-7), 11/16 against
-# the full cooling's 5/16 (seeds 0-15), 13/24 over seeds 0-23; adatom: 8/8 against 3/8;
-# 3-11x less time (benchmarks/RESULTS.md sections 27, 30, 34, 36). The paper's settings are
+# the full cooling's 5/16 (seeds 0-15), 16/32 over seeds 0-31; adatom: 8/8 against 3/8;
+# 3-11x less time (benchmarks/RESULTS.md sections 27, 30, 34, 36, 45). The paper's settings are
 # the preset "paper".
 def fast_settings(paper: SearchConfig) -> SearchConfig:
     """The default made from a system's paper settings."""
