@@ -77,7 +77,8 @@ class BufferConfig:
     energy_floor: float | None = None  # eV; lower energies are masked (ML-potential holes)
     # The loss weights of the buffer drawn at kT: "boltzmann" (at kT, the paper's) or
     # "uniform" (every structure drawn counts the same: the draw alone selects, so a cold
-    # buffer is the lowest structures found, trained on alike rather than on the one lowest)
+    # buffer is the lowest structures found, trained on alike rather than on the one lowest;
+    # on the heptamer it never assembled an island, RESULTS.md section 44)
     loss_weights: str = "boltzmann"
     adaptive_kT: bool = False  # kT_0 = std(E) of the first samples, then x0.95 / x0.5
     kT_hot_factor: float = 0.95  # while the heat capacity Var(E) / kT^2 exceeds 1
@@ -129,7 +130,8 @@ class TrainingConfig:
     holdout_fraction: float = 0.0  # buffer share held out; its loss drives the plateau
     # Train on each buffer structure moved one step down its evaluated forces, x + polish_step
     # F (Å^2/eV; 0: off; 1/70 is ASE's initial inverse curvature), each atom at most
-    # polish_max_step Å (`buffer.polish_buffer`): no extra evaluations.
+    # polish_max_step Å (`buffer.polish_buffer`): no extra evaluations. Off: on the heptamer
+    # it lowered the best energy found and the successes (RESULTS.md section 43).
     polish_step: float = 0.0
     polish_max_step: float = 0.1
     # The momentum-consensus stop of go-diff 1.1.0 (issue 16); train_steps becomes the cap.
