@@ -5,7 +5,13 @@
 
 Prints the summary table (one row per arm); with --paired, every arm that ran the same
 seeds against the first (McNemar's exact test on the strict outcomes); then per-seed rows of
-every arm.
+every arm. One arm run on several seed sets is given as its files joined by "+": the rows
+are pooled (same system, budget and settings required), so that arms compare over all
+their seeds:
+
+    python benchmarks/quality_table.py --paired \
+        benchmarks/results/cpu_heptamer8_default_1206.json+benchmarks/results/cpu_heptamer8s24_default_1206.json \
+        benchmarks/results/cpu_heptamer8_ts1000.json+benchmarks/results/cpu_heptamer8s24_ts1000.json
 """
 
 import argparse
@@ -15,20 +21,67 @@ from pathlib import Path
 import numpy as np
 
 from godiff_jax.plots import best_energy_figure
-from godiff_jax.report import paired_successes
+from godiff_jax.report import paired_successes, summarise
 
 
 def fmt(v, spec="", none="-"):
     return none if v is None else format(v, spec)
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def pool(parts: list[dict]) -> dict:
+    """One arm from result files of the same settings on different seeds."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    names = "+".join(a["name"] for a in parts)
+    for a in parts[1:]:
+        if a["system"] != first["system"] or a["summary"]["budget"] != first["summary"]["budget"]:
+            raise SystemExit(f"cannot pool {names}: another system or budget in {a['name']}")
+        fa, fb = _flat(first["settings"]), _flat(a["settings"])
+        # Options added later (absent from older files) default to off, so only shared keys.
+        differ = sorted(k for k in fa.keys() & fb.keys() if fa[k] != fb[k])
+        if differ or (first.get("init_params") != a.get("init_params")):
+            raise SystemExit(f"cannot pool {names}: settings differ in {differ or 'init_params'}")
+    rows = [r for a in parts for r in a["rows"]]
+    seeds = [r["seed"] for r in rows]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"cannot pool {names}: a seed appears twice")
+    s = first["summary"]
+    tests = ("strict", "graph") if s["successes_graph"] is not None else ("strict",)
+    curves = np.concatenate([np.asarray(a["curves"], float) for a in parts])
+    curves = np.where(curves < 0, np.nan, curves)
+    summary = summarise(rows, s["budget"], np.asarray(s["curve_evaluations"]), curves, tests)
+    # Separate programs, often on other days and machine speeds: no shared clock.
+    summary["wall_seconds_program"] = None
+    for test in ("strict", "graph"):
+        summary[f"median_seconds_to_success_{test}"] = None
+    return {
+        **first,
+        "name": names,
+        "commit": "/".join(dict.fromkeys(a["commit"][:7] for a in parts)),
+        "dirty": any(a["dirty"] for a in parts),
+        "command": "; ".join(a["command"] for a in parts),
+        "seeds": seeds,
+        "summary": summary,
+        "rows": rows,
+        "curves": curves.tolist(),
+    }
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("files", nargs="+", help="result files; FILE+FILE pools one arm's seed sets")
     p.add_argument("--figure", type=Path, default=None)
     p.add_argument("--paired", action="store_true", help="every arm against the first, by seed")
     args = p.parse_args()
-    arms = [json.loads(f.read_text()) for f in args.files]
+    arms = [pool([json.loads(Path(f).read_text()) for f in arg.split("+")]) for arg in args.files]
     print(
         "| arm | settings | commit | strict | graph | mean / median evaluation at success "
         "| mean best above min (eV) | median s to success | program s | losses finite |"
@@ -40,7 +93,7 @@ def main():
         start = [f"--init-params {a['init_params']}"] if a.get("init_params") else []
         settings = " ".join([f"--preset {n}" for n in presets] + start + a["overrides"])
         print(
-            f"| {a['name']} | {settings or 'default'} | {a['commit'][:7]}{'+' if a['dirty'] else ''} "
+            f"| {a['name']} | {settings or 'default'} | {a['commit'] if '/' in a['commit'] else a['commit'][:7]}{'+' if a['dirty'] else ''} "
             f"| {s['successes_strict']}/{s['n_seeds']} | {fmt(s['successes_graph'])} "
             f"| {fmt(s['mean_evaluation_at_success_strict'], '.0f')} / "
             f"{fmt(s['median_evaluation_at_success_strict'], '.0f')} "
