@@ -20,19 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from godiff_jax.config import from_dict
+from godiff_jax.io import config_diff
 from godiff_jax.plots import best_energy_figure
 from godiff_jax.report import paired_successes, summarise
 
 
 def fmt(v, spec="", none="-"):
     return none if v is None else format(v, spec)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
 
 
 def pool(parts: list[dict]) -> dict:
@@ -44,11 +39,10 @@ def pool(parts: list[dict]) -> dict:
     for a in parts[1:]:
         if a["system"] != first["system"] or a["summary"]["budget"] != first["summary"]["budget"]:
             raise SystemExit(f"cannot pool {names}: another system or budget in {a['name']}")
-        fa, fb = _flat(first["settings"]), _flat(a["settings"])
-        # Options added later (absent from older files) default to off, so only shared keys.
-        differ = sorted(k for k in fa.keys() & fb.keys() if fa[k] != fb[k])
-        if differ or (first.get("init_params") != a.get("init_params")):
-            raise SystemExit(f"cannot pool {names}: settings differ in {differ or 'init_params'}")
+        # Options added since an older file was written take their defaults (from_dict).
+        differ = config_diff(from_dict(first["settings"]), from_dict(a["settings"]))
+        if differ or first.get("init_params") != a.get("init_params"):
+            raise SystemExit(f"cannot pool {names}: they differ in {differ or 'init_params'}")
     rows = [r for a in parts for r in a["rows"]]
     seeds = [r["seed"] for r in rows]
     if len(set(seeds)) != len(seeds):

@@ -301,3 +301,53 @@ def test_table1_paper_rows_must_be_the_paper_settings():
         table1.check_paper_row(
             "GO-Diff + Transfer", {"settings": transfer.to_dict(), "init_params": None}, "t.json"
         )
+
+
+def test_quality_table_pools_seed_sets_of_one_arm():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality_table
+
+    from godiff_jax.config import DEFAULT_SETTINGS
+
+    def result(name, seeds, hits, settings=DEFAULT_SETTINGS["heptamer"]):
+        rows = [
+            {
+                "seed": s,
+                "first_success_strict": h,
+                "first_success_graph": h,
+                "seconds_to_success_strict": None if h is None else 10.0,
+                "seconds_to_success_graph": None if h is None else 10.0,
+                "best_energy_above_min": 0.1 * s,
+                "loss_all_finite": True,
+            }
+            for s, h in zip(seeds, hits, strict=True)
+        ]
+        summary = {"budget": 100, "successes_graph": 0, "curve_evaluations": [50, 100]}
+        return {
+            "name": name,
+            "system": "heptamer",
+            "commit": "a" * 40,
+            "dirty": False,
+            "command": name,
+            "settings": settings.to_dict(),
+            "init_params": None,
+            "summary": summary,
+            "rows": rows,
+            "curves": [[1.0, 0.5]] * len(seeds),
+        }
+
+    pooled = quality_table.pool([result("a", [0, 1], [40, None]), result("b", [2, 3], [90, 120])])
+    s = pooled["summary"]
+    # seed 3's success at 120 lies past the budget of 100
+    assert (s["n_seeds"], s["successes_strict"], s["mean_evaluation_at_success_strict"]) == (
+        4,
+        2,
+        65.0,
+    )
+    assert s["mean_best_energy_above_min"] == pytest.approx(0.15)
+    assert pooled["name"] == "a+b" and s["median_seconds_to_success_strict"] is None
+    other = DEFAULT_SETTINGS["heptamer"].replace(train_steps=1000)
+    with pytest.raises(SystemExit, match="train_steps"):
+        quality_table.pool([result("a", [0], [1]), result("c", [1], [1], other)])
+    with pytest.raises(SystemExit, match="twice"):
+        quality_table.pool([result("a", [0], [1]), result("b", [0], [1])])
