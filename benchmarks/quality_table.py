@@ -59,7 +59,7 @@ def pool(parts: list[dict]) -> dict:
     return {
         **first,
         "name": names,
-        "commit": "/".join(dict.fromkeys(a["commit"][:7] for a in parts)),
+        "commit": "/".join(dict.fromkeys(a["commit"] for a in parts)),
         "dirty": any(a["dirty"] for a in parts),
         "command": "; ".join(a["command"] for a in parts),
         "seeds": seeds,
@@ -87,7 +87,7 @@ def main():
         start = [f"--init-params {a['init_params']}"] if a.get("init_params") else []
         settings = " ".join([f"--preset {n}" for n in presets] + start + a["overrides"])
         print(
-            f"| {a['name']} | {settings or 'default'} | {a['commit'] if '/' in a['commit'] else a['commit'][:7]}{'+' if a['dirty'] else ''} "
+            f"| {a['name']} | {settings or 'default'} | {'/'.join(c[:7] for c in a['commit'].split('/'))}{'+' if a['dirty'] else ''} "
             f"| {s['successes_strict']}/{s['n_seeds']} | {fmt(s['successes_graph'])} "
             f"| {fmt(s['mean_evaluation_at_success_strict'], '.0f')} / "
             f"{fmt(s['median_evaluation_at_success_strict'], '.0f')} "
