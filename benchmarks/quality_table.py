@@ -3,9 +3,9 @@
     python benchmarks/quality_table.py benchmarks/results/cpu_adatom8_*.json \
         --figure benchmarks/results/cpu_adatom8_ablation.png
 
-Prints the summary table (one row per arm); with --paired, every arm that ran the same
-seeds against the first (McNemar's exact test on the strict outcomes); then per-seed rows of
-every arm. One arm run on several seed sets is given as its files joined by "+": the rows
+Prints the summary table (one row per arm); with --paired, every arm against the first on
+the seeds the arm ran (McNemar's exact test on the strict outcomes; the first arm must hold
+all of them); then per-seed rows of every arm. One arm run on several seed sets is given as its files joined by "+": the rows
 are pooled (same system, budget and settings required), so that arms compare over all
 their seeds:
 
@@ -69,6 +69,17 @@ def pool(parts: list[dict]) -> dict:
     }
 
 
+def rows_on_seeds_of(ref: dict, arm: dict) -> list[dict] | None:
+    """The reference's rows on the arm's seeds, in the arm's order; None when the arm is of
+    another system or ran a seed the reference lacks (a pooled reference pairs with an arm
+    run on any of its seed sets)."""
+    by_seed = {r["seed"]: r for r in ref["rows"]}
+    seeds = [r["seed"] for r in arm["rows"]]
+    if arm["system"] != ref["system"] or not set(seeds) <= by_seed.keys():
+        return None
+    return [by_seed[s] for s in seeds]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("files", nargs="+", help="result files; FILE+FILE pools one arm's seed sets")
@@ -97,20 +108,26 @@ def main():
         )
     if args.paired:
         ref = arms[0]
-        print(f"\nPaired against {ref['name']}, strict test (seeds where the arms disagree):\n")
-        print(f"| arm | both | only {ref['name']} | only the arm | neither | McNemar exact p |")
-        print("|---|---|---|---|---|---|")
+        print(
+            f"\nPaired against {ref['name']} on the seeds each arm ran, strict test "
+            "(only the seeds where the arms disagree count):\n"
+        )
+        print(
+            "| arm | seeds | successes: arm / first on them | both | only the first "
+            "| only the arm | neither | McNemar exact p |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for a in arms[1:]:
-            budget = min(ref["summary"]["budget"], a["summary"]["budget"])
-            same_seeds = sorted(r["seed"] for r in a["rows"]) == sorted(
-                r["seed"] for r in ref["rows"]
-            )
-            if a["system"] != ref["system"] or not same_seeds:
-                print(f"| {a['name']} | not paired (another system or other seeds) | | | | |")
+            ref_rows = rows_on_seeds_of(ref, a)
+            if ref_rows is None:
+                print(f"| {a['name']} | not paired (another system or seeds it lacks) |" + " |" * 6)
                 continue
-            c = paired_successes(ref["rows"], a["rows"], budget)
+            budget = min(ref["summary"]["budget"], a["summary"]["budget"])
+            c = paired_successes(ref_rows, a["rows"], budget)
+            n = len(ref_rows)
             print(
-                f"| {a['name']} | {c['both']} | {c['only_a']} | {c['only_b']} | {c['neither']} "
+                f"| {a['name']} | {n} | {c['both'] + c['only_b']} / {c['both'] + c['only_a']} "
+                f"| {c['both']} | {c['only_a']} | {c['only_b']} | {c['neither']} "
                 f"| {c['p_two_sided']:.3f} |"
             )
     for a in arms:

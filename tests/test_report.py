@@ -351,3 +351,17 @@ def test_quality_table_pools_seed_sets_of_one_arm():
         quality_table.pool([result("a", [0], [1]), result("c", [1], [1], other)])
     with pytest.raises(SystemExit, match="twice"):
         quality_table.pool([result("a", [0], [1]), result("b", [0], [1])])
+    # a pooled reference pairs with an arm run on one of its seed sets, on those seeds only
+    ref = quality_table.pool([result("a", [0, 1], [40, None]), result("b", [2, 3], [90, 20])])
+    arm = result("c", [3, 2], [None, 30])
+    on = quality_table.rows_on_seeds_of(ref, arm)
+    assert [r["seed"] for r in on] == [3, 2]
+    assert paired_successes(on, arm["rows"], 100) == {
+        "both": 1,
+        "only_a": 1,
+        "only_b": 0,
+        "neither": 0,
+        "p_two_sided": 1.0,
+    }
+    assert quality_table.rows_on_seeds_of(ref, result("d", [3, 4], [1, 1])) is None
+    assert quality_table.rows_on_seeds_of(ref, dict(arm, system="adatom")) is None
