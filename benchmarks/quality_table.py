@@ -5,9 +5,9 @@
 
 Prints the summary table (one row per arm); with --paired, every arm against the first on
 the seeds the arm ran (McNemar's exact test on the strict outcomes; the first arm must hold
-all of them); then per-seed rows of every arm. One arm run on several seed sets is given as its files joined by "+": the rows
-are pooled (same system, budget and settings required), so that arms compare over all
-their seeds:
+all of them); then per-seed rows of every arm. One arm run on several seed sets is given as
+its files joined by "+": the rows are pooled (same system, budget and settings required), so
+that arms compare over all their seeds:
 
     python benchmarks/quality_table.py --paired \
         benchmarks/results/cpu_heptamer8_default_1206.json+benchmarks/results/cpu_heptamer8s24_default_1206.json \
@@ -124,9 +124,8 @@ def main():
                 continue
             budget = min(ref["summary"]["budget"], a["summary"]["budget"])
             c = paired_successes(ref_rows, a["rows"], budget)
-            n = len(ref_rows)
             print(
-                f"| {a['name']} | {n} | {c['both'] + c['only_b']} / {c['both'] + c['only_a']} "
+                f"| {a['name']} | {len(ref_rows)} | {c['both'] + c['only_b']} / {c['both'] + c['only_a']} "
                 f"| {c['both']} | {c['only_a']} | {c['only_b']} | {c['neither']} "
                 f"| {c['p_two_sided']:.3f} |"
             )
