@@ -100,6 +100,7 @@ class DaskEvaluator:
         self._address = address
         self._n_workers = n_workers
         self._owned: list = []  # what close() shuts down
+        self._starting: set = set()  # replacement workers asked for, not yet up
         self._token = uuid.uuid4().hex
 
     @property
@@ -120,8 +121,20 @@ class DaskEvaluator:
         # A LocalCluster gives up on a killed worker whose restart takes longer than
         # `distributed.deploy.lost-worker-timeout` (15 s; a loaded machine importing JAX
         # can take longer) and closes its nanny for good; ask for the full count again.
+        # Each replacement gets a fresh name: the given-up nanny may have restarted its
+        # worker just before it closed, and that worker can still hold the old name at
+        # the scheduler, which refuses a second worker of the same name.
         cluster = self._owned[-1] if len(self._owned) == 2 else None
-        if cluster is not None and len(cluster.workers) < len(cluster.worker_spec):
+        if cluster is None:
+            return
+        # A replacement still starting is not in `cluster.workers` yet: leave it be.
+        self._starting &= set(cluster.worker_spec) - set(cluster.workers)
+        lost = set(cluster.worker_spec) - set(cluster.workers) - self._starting
+        for name in lost:
+            fresh = f"{name}-{uuid.uuid4().hex[:8]}"
+            cluster.worker_spec[fresh] = cluster.worker_spec.pop(name)
+            self._starting.add(fresh)
+        if lost:
             cluster.scale(len(cluster.worker_spec))
 
     def close(self) -> None:
