@@ -180,3 +180,21 @@ def test_an_owned_cluster_restarts_a_worker_its_nanny_gave_up_on(batch, serial, 
         out = ev(system, x, valid)  # asks for both workers again
         np.testing.assert_array_equal(out.energies, serial.energies)
         ev.client.wait_for_workers(2, timeout=60)
+
+
+def test_a_replacement_worker_takes_a_name_no_worker_holds(batch, serial):
+    # The state a given-up nanny can leave behind: the cluster has dropped the worker, but
+    # the worker its nanny restarted just before closing still holds the name at the
+    # scheduler. A replacement under the same name would be refused ("name taken").
+    system, x, valid = batch
+    with DaskEvaluator(EMT, n_workers=2) as ev:
+        ev.client.wait_for_workers(2, timeout=60)
+        cluster = ev._owned[-1]
+        orphan = cluster.workers.pop(next(iter(cluster.workers)))
+        try:
+            out = ev(system, x, valid)
+            np.testing.assert_array_equal(out.energies, serial.energies)
+            ev.client.wait_for_workers(3, timeout=60)  # the orphan and two of the cluster's
+            assert len(cluster.workers) == 2
+        finally:
+            cluster.sync(orphan.close)
