@@ -125,7 +125,8 @@ def main():
             budget = min(ref["summary"]["budget"], a["summary"]["budget"])
             c = paired_successes(ref_rows, a["rows"], budget)
             print(
-                f"| {a['name']} | {len(ref_rows)} | {c['both'] + c['only_b']} / {c['both'] + c['only_a']} "
+                f"| {a['name']} | {len(ref_rows)} "
+                f"| {c['both'] + c['only_b']} / {c['both'] + c['only_a']} "
                 f"| {c['both']} | {c['only_a']} | {c['only_b']} | {c['neither']} "
                 f"| {c['p_two_sided']:.3f} |"
             )
