@@ -36,6 +36,13 @@ class SamplerConfig:
     sigma_max: float = 1.0  # Å
     min_distance: float = 1.0  # Å; closer pairs are discarded before evaluation
     reverse_truncated_z: bool = False  # reverse-step noise truncated to the box, then clamp
+    # Refinement: this share of each iteration's samples starts not from the prior but from
+    # the refine_pool lowest structures archived so far (cycled), noised to the forward
+    # marginal at refine_t0 and denoised from there (SDEdit): the model's own moves around
+    # the best structures found (none in the first iteration; 0: off).
+    refine_fraction: float = 0.0
+    refine_t0: float = 1.0
+    refine_pool: int = 16
     # ESS-driven sampling (issue 16, `godiff_jax.ess`): chunks of ess_chunk structures until
     # their ESS at the last kT reaches ess_target (n_samples is then the most per iteration,
     # ess_first the first iteration's count); the run ends after max_evaluations, and
@@ -46,6 +53,12 @@ class SamplerConfig:
     max_evaluations: int | None = None
 
     def __post_init__(self):
+        if not 0.0 <= self.refine_fraction <= 1.0:
+            raise ValueError(f"refine_fraction must lie in [0, 1], got {self.refine_fraction}")
+        if not 0.0 < self.refine_t0 <= 1.0:
+            raise ValueError(f"refine_t0 must lie in (0, 1], got {self.refine_t0}")
+        if self.refine_pool < 1:
+            raise ValueError(f"refine_pool must be at least 1, got {self.refine_pool}")
         if self.ess_target is None:
             return
         if self.max_evaluations is None or self.max_evaluations < 1:

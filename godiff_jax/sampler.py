@@ -45,6 +45,7 @@ def reverse_sample(
     t_end: float = 0.005,
     sde: VESDE = VESDE(),
     x_init: jax.Array | None = None,
+    t_start: jax.Array | None = None,
     corrector: Corrector | None = None,
     confine: bool = True,
     truncate_z: bool = False,
@@ -54,8 +55,10 @@ def reverse_sample(
 
     Starts from the uniform prior in the box (or `x_init`), then for each t_i:
     x <- x + g^2 s dt + g sqrt(dt) z (no noise on the last step), an optional corrector
-    (`Corrector`),
-    then z is clamped into the box and x/y wrapped into the cell. `truncate_z` draws the
+    (`Corrector`), then z is clamped into the box and x/y wrapped into the cell.
+    `t_start` [n_samples] enters each structure at its own time: steps with t_i > t_start
+    leave it where it is (`x_init` holds it already noised to that time; 1 runs the whole
+    trajectory; a corrector's state still advances on those steps). `truncate_z` draws the
     noise of each bounded coordinate from a normal truncated so that the step lands in the
     box (as the reference's sampler does) before the clamp. `sharding` lays the sample
     axis out over devices (`godiff_jax.sharding`).
@@ -75,6 +78,7 @@ def reverse_sample(
 
     def step(carry, inputs):
         x, cstate = carry
+        x_prev = x
         t, k, noise = inputs
         g2 = diffusion_sq(sde, t)
         s = score_fn(x, jnp.full((x.shape[0],), t, x.dtype))
@@ -92,8 +96,12 @@ def reverse_sample(
             x, cstate = corrector.update(x, t, jnp.asarray(dt, x.dtype), cstate)
         if confine:
             x = system.confine(x)
+        if t_start is not None:
+            x = jnp.where((t <= t_start)[:, None, None], x, x_prev)
         return (laid_out(x), cstate), None
 
+    if t_start is not None:
+        t_start = jnp.asarray(t_start, x.dtype)
     keys = jax.random.split(key_steps, n_steps)
     cstate = None if corrector is None else corrector.init(x)
     (x, _), _ = jax.lax.scan(step, (x, cstate), (ts, keys, noise_on))

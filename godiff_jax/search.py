@@ -44,7 +44,7 @@ from godiff_jax.schedule import (
     fixed_temperature,
     heat_capacity_kT,
 )
-from godiff_jax.sde import noise_bounds
+from godiff_jax.sde import marginal_var, noise_bounds, sample_prior
 from godiff_jax.system import System
 from godiff_jax.train import (
     StepStats,
@@ -161,6 +161,9 @@ class GODiff:
         c = self.config.sampler
         params = state.train.params
         ctx = self.model.context(params)
+        x_init = t_start = None
+        if c.refine_fraction > 0:
+            x_init, t_start = self._refine_starts(state)
         x = reverse_sample(
             jax.random.fold_in(state.key, 0),
             lambda x, t: self.model.apply(params, ctx, x, t),
@@ -169,6 +172,8 @@ class GODiff:
             n_steps=c.n_reverse_steps,
             t_end=c.t_end,
             sde=self.config.sde,
+            x_init=x_init,
+            t_start=t_start,
             truncate_z=c.reverse_truncated_z,
             corrector=self._corrector(state, ctx),
             sharding=self.sample_sharding,
@@ -176,6 +181,30 @@ class GODiff:
         # NaN positions fail this test too; the runner reports them apart from close pairs.
         ok = jax.vmap(lambda xi: min_distance(self.system, xi))(x) >= c.min_distance
         return x, ok
+
+    def _refine_starts(self, state: RunState) -> tuple[jax.Array, jax.Array]:
+        """(x_init [N, M, 3], t_start [N]) with refinement on: a refine_fraction share of
+        the rows, spread evenly over the batch (so that ESS chunks hold both kinds), starts
+        from the refine_pool lowest archived structures noised to the marginal at
+        refine_t0; the others (and all while the archive holds no valid structure) from the
+        prior at t = 1."""
+        c, sde = self.config.sampler, self.config.sde
+        n, pool = c.n_samples, min(c.refine_pool, state.archive.energies.shape[0])
+        n_refine = round(c.refine_fraction * n)
+        key_prior, key_noise = jax.random.split(jax.random.fold_in(state.key, 3))
+        x = sample_prior(key_prior, self.system, n)
+        a = state.archive
+        lowest, index = jax.lax.top_k(jnp.where(a.valid, -a.energies, -jnp.inf), pool)
+        rows = jnp.arange(n)
+        refine = (rows + 1) * n_refine // n > rows * n_refine // n  # n_refine rows, spread
+        slot = jnp.cumsum(refine) % pool  # cycles through the pool
+        noise = jax.random.normal(key_noise, x.shape, x.dtype)
+        start = self.system.confine(
+            a.positions[index[slot]] + jnp.sqrt(marginal_var(sde, c.refine_t0)) * noise
+        )
+        refine = refine & jnp.isfinite(lowest[slot])
+        x = jnp.where(refine[:, None, None], start, x)
+        return x, jnp.where(refine, c.refine_t0, 1.0).astype(x.dtype)
 
     def keep(self, state: RunState, energies: jax.Array, ok: jax.Array) -> jax.Array:
         """[N] bool: the evaluated structures this iteration keeps with ESS-driven

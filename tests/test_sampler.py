@@ -72,3 +72,35 @@ def test_corrector_is_an_init_update_pair_and_a_no_op_one_changes_nothing():
     guided = reverse_sample(key, score, system, 3, n_steps=6, corrector=Corrector(init, update))
     np.testing.assert_array_equal(np.asarray(guided), np.asarray(plain))
     assert seen == {"init": [(3, 7, 3)], "update": 1}
+
+
+def test_a_structure_enters_the_reverse_sde_at_its_start_time():
+    """Rows starting at t = 1 are the plain run's rows bitwise; a row starting below the
+    last time is never moved; with a zero score a row entering at t0 ends with the variance
+    the noised steps at t_i <= t0 add (sum of g(t_i)^2 dt), not the whole trajectory's."""
+    sde = VESDE()
+    system = make_cluster_system("Pt", 1000.0, vacuum=0.0)  # nothing reaches the box walls
+    n, n_steps, t0 = 6000, 50, 0.5
+
+    def zero(x, t):
+        return jnp.zeros_like(x)
+
+    key = jax.random.PRNGKey(5)
+    x0 = jnp.full((n, 1, 3), 500.0)
+    t_start = jnp.tile(jnp.array([1.0, t0, 0.0]), n // 3)
+    plain = reverse_sample(key, zero, system, n, n_steps=n_steps, sde=sde, x_init=x0)
+    mixed = reverse_sample(
+        key, zero, system, n, n_steps=n_steps, sde=sde, x_init=x0, t_start=t_start
+    )
+    np.testing.assert_array_equal(mixed[0::3], plain[0::3])
+    np.testing.assert_array_equal(mixed[2::3], x0[2::3])
+    ts, dt = reverse_times(n_steps)
+    g2 = (
+        2.0
+        * (sde.sigma_min + (sde.sigma_max - sde.sigma_min) * ts)
+        * (sde.sigma_max - sde.sigma_min)
+    )
+    noised = (ts <= t0) & (jnp.arange(n_steps) < n_steps - 1)
+    expected = float(jnp.sum(jnp.where(noised, g2 * dt, 0.0)))
+    assert expected < 0.3 * float(jnp.sum(g2[:-1] * dt))  # far from the whole trajectory's
+    np.testing.assert_allclose(np.var(np.asarray(mixed[1::3] - 500.0)), expected, rtol=0.05)

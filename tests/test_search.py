@@ -326,3 +326,34 @@ def test_polish_step_changes_training_not_the_draw(system):
         lambda a, b: float(jnp.max(jnp.abs(a - b))), plain.train.params, on.train.params
     )
     assert max(jax.tree_util.tree_leaves(diff)) > 0
+
+
+def test_refinement_starts_from_the_lowest_archived_structures(system):
+    """refine_fraction 0.5 of 6 samples: rows 1, 3, 5 start at refine_t0 from the pool of
+    the 2 lowest valid archived structures, in turn; the other rows, and every row while the
+    archive is empty, start from the prior at t = 1."""
+    from godiff_jax.buffer import add_to_archive
+    from godiff_jax.sde import sample_prior
+
+    config = TINY.replace(refine_fraction=0.5, refine_t0=1e-6, refine_pool=2)
+    search = GODiff(system, config)
+    state = search.init_state(jax.random.PRNGKey(3))
+    _, t_start = search._refine_starts(state)
+    np.testing.assert_array_equal(t_start, np.ones(6))
+    x = sample_prior(jax.random.PRNGKey(1), system, 4)
+    energies = jnp.array([3.0, 1.0, -5.0, 2.0])
+    valid = jnp.array([True, True, False, True])  # the -5 eV structure is not valid
+    archive = add_to_archive(state.archive, x, energies, jnp.zeros_like(x), valid, 0)
+    starts, t_start = search._refine_starts(state._replace(archive=archive))
+    np.testing.assert_allclose(t_start, [1, 1e-6, 1, 1e-6, 1, 1e-6], rtol=1e-6)
+    # noise of std sqrt(var(1e-6)) ~ 1.4e-4 Å; slot 1 (the 2 eV one), 0 (1 eV), 1 in turn
+    np.testing.assert_allclose(starts[1::2], x[jnp.array([3, 1, 3])], atol=2e-3)
+    prior = sample_prior(jax.random.split(jax.random.fold_in(state.key, 3))[0], system, 6)
+    np.testing.assert_array_equal(starts[0::2], prior[0::2])
+
+
+def test_a_run_with_refinement_keeps_its_evaluations_finite(system):
+    _, (state, info) = _one_iteration(system, TINY.replace(refine_fraction=0.5))
+    search = GODiff(system, TINY.replace(refine_fraction=0.5))
+    x, ok = jax.jit(search.sample)(state)
+    assert np.all(np.isfinite(np.asarray(x))) and bool(np.any(ok))
