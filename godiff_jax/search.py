@@ -104,6 +104,14 @@ def temperature(config: SearchConfig) -> Temperature:
     return fixed_temperature(config.kT_schedule())
 
 
+def refine_rows(n_samples: int, fraction: float) -> np.ndarray:
+    """[n_samples] bool: the batch rows refinement starts from archived structures,
+    round(fraction x n_samples) of them spread evenly (every other row at one half)."""
+    rows = np.arange(n_samples)
+    n = round(fraction * n_samples)
+    return (rows + 1) * n // n_samples > rows * n // n_samples
+
+
 class GODiff:
     """A GO-Diff search on one system: the model, optimizer and the pure phases.
 
@@ -190,13 +198,11 @@ class GODiff:
         prior at t = 1."""
         c, sde = self.config.sampler, self.config.sde
         n, pool = c.n_samples, min(c.refine_pool, state.archive.energies.shape[0])
-        n_refine = round(c.refine_fraction * n)
         key_prior, key_noise = jax.random.split(jax.random.fold_in(state.key, 3))
         x = sample_prior(key_prior, self.system, n)
         a = state.archive
         lowest, index = jax.lax.top_k(jnp.where(a.valid, -a.energies, -jnp.inf), pool)
-        rows = jnp.arange(n)
-        refine = (rows + 1) * n_refine // n > rows * n_refine // n  # n_refine rows, spread
+        refine = jnp.asarray(refine_rows(n, c.refine_fraction))
         slot = jnp.cumsum(refine) % pool  # cycles through the pool
         noise = jax.random.normal(key_noise, x.shape, x.dtype)
         start = self.system.confine(
