@@ -60,13 +60,17 @@ def write_config(workdir: Path, config: Any) -> None:
     if path.exists():
         diff = config_diff(from_dict(json.loads(path.read_text())), config)
         if diff:
-            # a run started at the paper's settings before the default changed (2026-12-04)
-            hint = (
-                " (this run has the paper's settings: resume it with --preset paper, or `godiff resume`)"
-                if {"train_steps", "n_reverse_steps", "train_stop"}
-                <= {k.rpartition(".")[2] for k in diff}
-                else ""
-            )
+            # runs started before the default changed: at the paper's settings (before
+            # 2026-12-04), at the default without refinement (before 2026-12-07)
+            names = {k.rpartition(".")[2] for k in diff}
+            hint = ""
+            if {"train_steps", "n_reverse_steps", "train_stop"} <= names:
+                hint = " (this run has the paper's settings: resume it with --preset paper, or `godiff resume`)"
+            elif diff == {"sampler.refine_fraction": (0.0, 0.5)}:
+                hint = (
+                    " (this run has the default of before 2026-12-07, without refinement: "
+                    "resume it with --set refine_fraction=0, or `godiff resume`)"
+                )
             raise ValueError(
                 f"{workdir} holds a run with a different config {diff} (old, new); "
                 f"use a new --workdir or the same settings to resume{hint}"

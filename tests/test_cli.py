@@ -62,8 +62,9 @@ def test_the_default_is_the_paper_settings_made_fast_and_paper_is_a_preset():
             100,
         )
         assert default.kT_anneal_iterations == hold  # cools over half, holds the rest
+        assert (default.refine_fraction, paper.refine_fraction) == (0.5, 0.0)
         assert default.replace(train_steps=steps, train_stop=False, n_reverse_steps=500,
-                               kT_anneal_iterations=0) == paper  # fmt: skip
+                               kT_anneal_iterations=0, refine_fraction=0.0) == paper  # fmt: skip
         assert with_presets(default, paper, None) == default
         assert with_presets(default, paper, "paper") == paper
         both = with_presets(default, paper, ["paper", "reference"])
@@ -86,7 +87,7 @@ def test_changing_only_n_iterations_keeps_the_hold_share():
         heptamer.replace(adaptive_kT=True)
 
 
-def test_resuming_a_paper_settings_run_with_the_default_names_the_preset(tmp_path):
+def test_resuming_an_older_default_or_paper_run_with_the_default_names_the_way(tmp_path):
     from godiff_jax import io
     from godiff_jax.config import DEFAULT_SETTINGS, PAPER_SETTINGS
 
@@ -97,3 +98,8 @@ def test_resuming_a_paper_settings_run_with_the_default_names_the_preset(tmp_pat
         ValueError, match=r"train_steps.*use a new --workdir or the same settings to resume$"
     ):
         io.write_config(tmp_path, PAPER_SETTINGS["heptamer"].replace(train_steps=7))
+    older = tmp_path / "older_default"
+    older.mkdir()
+    io.write_config(older, DEFAULT_SETTINGS["heptamer"].replace(refine_fraction=0.0))
+    with pytest.raises(ValueError, match="resume it with --set refine_fraction=0"):
+        io.write_config(older, DEFAULT_SETTINGS["heptamer"])
