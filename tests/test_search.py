@@ -101,8 +101,8 @@ ALL_CONTROLLERS = CONTROLLED.replace(**{**TINY_ESS, "max_evaluations": 16, "n_it
 
 @pytest.mark.parametrize(
     "config",
-    [TINY, CONTROLLED, GUIDED, ALL_CONTROLLERS],
-    ids=["fixed", "controllers", "guidance", "all_controllers"],
+    [TINY, CONTROLLED, GUIDED, ALL_CONTROLLERS, TINY.replace(refine_fraction=0.5)],
+    ids=["fixed", "controllers", "guidance", "all_controllers", "refinement"],
 )
 def test_resume_after_crash_equals_uninterrupted(system, tmp_path, config):
     full = run_emt(system, config, tmp_path / "full", seeds=3, progress=False)
