@@ -1,6 +1,7 @@
 """One GO-Diff iteration as pure functions of a RunState (the host loop is `runner.run`).
 
-An iteration (DESIGN.md section 1): sample N structures from the reverse SDE -> mask pairs
+An iteration (DESIGN.md section 1): sample N structures from the reverse SDE (from the
+prior, or with refinement a share from the lowest archived structures) -> mask pairs
 closer than `min_distance` -> evaluate energies and forces -> add to the archive -> redraw
 the buffer at kT_k -> train the score model. `GODiff` holds the three phases (sample,
 evaluate, update) for one seed; `runner` vmaps them over seeds and puts an evaluator of
