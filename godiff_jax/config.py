@@ -40,7 +40,7 @@ class SamplerConfig:
     # the refine_pool lowest structures archived so far (cycled), noised to the forward
     # marginal at refine_t0 and denoised from there (SDEdit): the model's own moves around
     # the best structures found (none in the first iteration; 0: off, the paper's; the
-    # default settings refine half: on the heptamer 24/24 seeds against 9/24, RESULTS §61).
+    # default settings refine half: on the heptamer 31/32 seeds against 15/32, RESULTS §61).
     refine_fraction: float = 0.0
     refine_t0: float = 1.0
     refine_pool: int = 16
@@ -414,7 +414,7 @@ PAPER_SETTINGS["adatom"] = PAPER_SETTINGS["heptamer"].replace(
 # steps, 100 reverse steps, kT cooled over the first half of the iterations, then held at
 # kT_end, and half of each iteration's samples refined from the lowest structures found.
 # Heptamer: the first three found 6/8 seeds against the paper settings' 4/8 (seeds 0-7),
-# 20/40 over seeds 0-39; refinement 24/24 against their 9/24 (seeds 16-39); adatom: 8/8
+# 20/40 over seeds 0-39; refinement 31/32 against their 15/32 (seeds 0-7, 16-39); adatom: 8/8
 # against 3/8; 3-11x less time (benchmarks/RESULTS.md sections 27, 36, 58, 61). The paper's
 # settings are the preset "paper".
 def fast_settings(paper: SearchConfig) -> SearchConfig:
