@@ -40,21 +40,23 @@ SuccessTests = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray | None]]
 
 def read_evaluated(workdir: Path, system: System) -> dict[int, dict[str, np.ndarray]]:
     """Per seed: evaluation index [N], energy [N] (eV), mobile positions [N, M, 3], iteration
-    [N] and database row id [N], sorted by evaluation index (structures with a finite
-    energy only)."""
+    [N], position in its batch [N] (-1 where not recorded) and database row id [N], sorted
+    by evaluation index (structures with a finite energy only)."""
     out: dict[int, dict[str, list]] = {}
     with ase.db.connect(Path(workdir) / io.DATABASE) as db:
         for row in db.select():
             if not row.get("valid", True):
                 continue  # failed, non-finite or below energy_floor: not a candidate
             d = out.setdefault(
-                int(row.seed), {"evaluation": [], "energy": [], "x": [], "it": [], "id": []}
+                int(row.seed),
+                {"evaluation": [], "energy": [], "x": [], "it": [], "id": [], "index": []},
             )
             d["id"].append(row.id)
             d["evaluation"].append(int(row.evaluation))
             d["energy"].append(float(row.energy))
             d["x"].append(np.asarray(row.positions)[system.n_template :])
             d["it"].append(int(row.iteration))
+            d["index"].append(int(row.get("index", -1)))
     seeds = {}
     for seed, d in out.items():
         order = np.argsort(d["evaluation"], kind="stable")
@@ -64,6 +66,7 @@ def read_evaluated(workdir: Path, system: System) -> dict[int, dict[str, np.ndar
             "positions": np.asarray(d["x"])[order],
             "iteration": np.asarray(d["it"])[order],
             "id": np.asarray(d["id"])[order],
+            "index": np.asarray(d["index"])[order],
         }
     return seeds
 

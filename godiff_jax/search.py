@@ -173,6 +173,8 @@ class GODiff:
         x_init = t_start = None
         if c.refine_fraction > 0:
             x_init, t_start = self._refine_starts(state)
+            if c.refine_t0 == 1.0:  # every row runs the whole trajectory: no per-step mask
+                t_start = None
         x = reverse_sample(
             jax.random.fold_in(state.key, 0),
             lambda x, t: self.model.apply(params, ctx, x, t),
