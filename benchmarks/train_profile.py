@@ -11,7 +11,11 @@ seeds; ms per step (all seeds), medians of interleaved repeats:
   optimizer (the difference to `full` is the optimizer, the guard and the bookkeeping)
 - loss only: the forward pass of the same loss
 
+With `--batch-sizes 16,32,64` only `full` runs, once per batch size, to price fewer
+steps on larger minibatches (the same structures seen per iteration):
+
     python benchmarks/train_profile.py [--seeds 8] [--steps 50] [--repeats 5]
+    python benchmarks/train_profile.py --batch-sizes 16,32,64
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch-sizes", default="", help="comma list: time `full` per batch size")
     args = p.parse_args()
     keep_heap_memory()
     system = pt111_heptamer()
@@ -52,9 +57,9 @@ def main() -> None:
     x = jax.vmap(lambda key: sample_prior(key, system, k))(keys)
     w = jnp.ones((n, k))
 
-    def full(stop):
+    def full(stop, batch=bs):
         def one(state, key, xb, wb):
-            return train_steps(model, opt, state, key, xb, wb, args.steps, bs, stop=stop)[0]
+            return train_steps(model, opt, state, key, xb, wb, args.steps, batch, stop=stop)[0]
 
         return jax.jit(jax.vmap(one))
 
@@ -74,12 +79,16 @@ def main() -> None:
 
         return jax.jit(jax.vmap(one))
 
-    variants = {
-        "full": full(None),
-        "full + stop rule": full(StopRule(50, 10**6, 0.5)),
-        "loss + gradient only": loss_only(True),
-        "loss only": loss_only(False),
-    }
+    if args.batch_sizes:
+        sizes = [bs] + [int(b) for b in args.batch_sizes.split(",") if int(b) != bs]
+        variants = {("full" if b == bs else f"full, batch {b}"): full(None, b) for b in sizes}
+    else:
+        variants = {
+            "full": full(None),
+            "full + stop rule": full(StopRule(50, 10**6, 0.5)),
+            "loss + gradient only": loss_only(True),
+            "loss only": loss_only(False),
+        }
     fns = {name: (lambda f=f: f(states, keys, x, w)) for name, f in variants.items()}
     res = timings(fns, args.repeats, warmup=1)
     print(machine_summary())
