@@ -40,7 +40,7 @@ from godiff_jax.plots import best_energy_figure
 from godiff_jax.potentials.emt import emt_energy_fn
 from godiff_jax.report import seed_rows, summarise
 from godiff_jax.runner import run
-from godiff_jax.runtime import keep_heap_memory, machine_summary
+from godiff_jax.runtime import keep_heap_memory, machine_summary, split_cpu
 from godiff_jax.search import GODiff
 from godiff_jax.transfer import load_pretrained, params_template
 
@@ -120,9 +120,17 @@ def main(argv: list[str] | None = None) -> None:
         metavar="SOURCE",
         help="start from a trained model (transfer): a run directory, file or shipped name",
     )
+    p.add_argument(
+        "--cpu-devices",
+        default=None,
+        metavar="N",
+        help="CPU devices for the seeds: a number or 'auto' (default 1; RESULTS.md section 70)",
+    )
     args = p.parse_args(argv)
 
     keep_heap_memory()
+    vmapped = args.seed_batch is None or args.seed_batch >= args.seeds
+    cpu_devices = split_cpu(args.seeds, args.cpu_devices) if vmapped else 1
     make_system, make_tests = SYSTEMS[args.system]
     system = make_system()
     default, paper, make_success = experiment_settings(args.system)
@@ -162,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         "preset": args.preset,
         "overrides": args.set,
         "init_params": args.init_params,
+        "cpu_devices": cpu_devices,
         "settings": config.to_dict(),
         "seeds": seeds,
         "e_min": e_min,

@@ -35,6 +35,7 @@ from godiff_jax.loss import weighted_dsm_loss  # noqa: E402
 from godiff_jax.runtime import keep_heap_memory, machine_summary  # noqa: E402
 from godiff_jax.sde import sample_prior  # noqa: E402
 from godiff_jax.search import GODiff  # noqa: E402
+from godiff_jax.sharding import place, plan  # noqa: E402
 from godiff_jax.system import pt111_heptamer  # noqa: E402
 from godiff_jax.train import StopRule, train_steps  # noqa: E402
 
@@ -56,6 +57,10 @@ def main() -> None:
     states = jax.vmap(lambda key: search.init_state(key).train)(keys)
     x = jax.vmap(lambda key: sample_prior(key, system, k))(keys)
     w = jnp.ones((n, k))
+    # Several devices (XLA_FLAGS=--xla_force_host_platform_device_count=2 on a CPU): the
+    # seeds are split over them as `runner.run` splits them.
+    layout = plan(n, config.n_samples)
+    states, keys, x, w = place((states, keys, x, w), layout)
 
     def full(stop, batch=bs):
         def one(state, key, xb, wb):
@@ -92,7 +97,10 @@ def main() -> None:
     fns = {name: (lambda f=f: f(states, keys, x, w)) for name, f in variants.items()}
     res = timings(fns, args.repeats, warmup=1)
     print(machine_summary())
-    print(f"{n} seeds vmapped, {args.steps} steps, batch {bs}, buffer {k}; ms per step (all seeds)")
+    print(
+        f"{n} seeds vmapped, {args.steps} steps, batch {bs}, buffer {k}, layout {layout.mode} "
+        f"over {layout.n_devices} device(s); ms per step (all seeds)"
+    )
     base = res["full"][0]
     for name, (med, lo) in res.items():
         per = 1e3 * med / args.steps

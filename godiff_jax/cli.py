@@ -16,7 +16,7 @@ from godiff_jax import io
 from godiff_jax.config import PAPER, PRESET_NAMES, SearchConfig, field_type, with_presets
 from godiff_jax.evaluate import Evaluator
 from godiff_jax.runner import run
-from godiff_jax.runtime import keep_heap_memory, use_compilation_cache
+from godiff_jax.runtime import keep_heap_memory, split_cpu, use_compilation_cache
 from godiff_jax.search import SuccessFn
 from godiff_jax.system import System
 
@@ -51,6 +51,7 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
         "file), sevennet, chgnet, ase:module.Class",
     )
     _transfer_arguments(p)
+    _cpu_argument(p)
     p.add_argument(
         "--from-scratch",
         action="store_true",
@@ -64,6 +65,31 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
         help="override one setting, e.g. --set training.train_steps=4000 or train_steps=4000 (repeatable)",
     )
     return p
+
+
+def report_devices(n_cpu: int, n_seeds: int) -> None:
+    """Say how the seeds are spread, where a CPU run uses several devices."""
+    import jax
+
+    if n_cpu > 1 and jax.default_backend() == "cpu":
+        print(f"CPU split into {n_cpu} devices, {n_seeds} seed(s) over them")
+
+
+def _split(n_seeds: int, devices: str | None) -> int:
+    try:
+        return split_cpu(n_seeds, devices)
+    except ValueError as err:
+        raise SystemExit(f"--cpu-devices: {err}") from None
+
+
+def _cpu_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cpu-devices",
+        default=None,
+        metavar="N",
+        help="on a CPU, run the seeds as N parallel device streams, or 'auto' (the largest "
+        "divisor of the seed count not above the cores; default 1, or $GODIFF_JAX_CPU_DEVICES)",
+    )
 
 
 def _transfer_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,6 +208,8 @@ def run_experiment(
     base = quick if args.quick else config
     cfg = apply_overrides(with_presets(base, paper or base, args.preset), args.set)
     seeds = list(range(args.seed, args.seed + args.seeds))
+    if args.seed_batch is None or args.seed_batch >= len(seeds):  # one vmapped program
+        report_devices(_split(len(seeds), args.cpu_devices), len(seeds))
     workdir = Path(args.workdir)
     print(f"{system.name}: {len(seeds)} seed(s) {seeds}, workdir {workdir}")
     print(json.dumps(cfg.to_dict()))
@@ -256,6 +284,7 @@ def _command_parser() -> argparse.ArgumentParser:
     for q in (r, sub.add_parser("resume", help="continue the search in a run directory")):
         q.add_argument("--iterations", type=int, default=None, help="stop after this many")
         q.add_argument("--no-progress", action="store_true")
+        _cpu_argument(q)
     sub.choices["resume"].add_argument("workdir", help="a run directory made by godiff run")
     rep = sub.add_parser("report", help="figures, summary and best structures of a run directory")
     rep.add_argument("workdir")
@@ -341,6 +370,7 @@ def _command_run(args) -> None:
     io.atomic_write(path, json.dumps(record, indent=2).encode())
     keep_heap_memory()
     use_compilation_cache()
+    report_devices(_split(len(spec.seeds), args.cpu_devices), len(spec.seeds))
     print(f"{spec.system.name}: {len(spec.seeds)} seed(s) {spec.seeds}, workdir {spec.workdir}")
     evaluator = make_evaluator(spec)
     start = pretrained_start(spec.system, spec.config, args) if args.command == "run" else {}

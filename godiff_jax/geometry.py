@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ase.geometry import complete_cell
-from jax_md import space
 
 if TYPE_CHECKING:
     from godiff_jax.system import System
@@ -80,6 +79,10 @@ def displacement_fn(system: System) -> Callable[[jax.Array, jax.Array], jax.Arra
     """jax-md style displacement(Ra, Rb) -> Ra - Rb (Å), minimum image on periodic axes."""
     periodic = periodic_axes(system)
     if not periodic.any():
+        # Imported here, not at the top: jax_md computes at import, which would start JAX's
+        # backend before an entry point can split the CPU (runtime.split_cpu).
+        from jax_md import space
+
         displacement, _ = space.free()
         return displacement
     cell = np.asarray(system.cell, float)
@@ -254,6 +257,8 @@ def image_distances(p1: jax.Array, p2: jax.Array, cell, pbc) -> jax.Array:
     """
     pbc = tuple(bool(p) for p in pbc)
     if not any(pbc):
+        from jax_md import space
+
         displacement, _ = space.free()
         return space.distance(space.map_product(displacement)(p2, p1))[None]  # [1, A, B]
     diff = p2[None, :, :] - p1[:, None, :]  # [A, B, 3]

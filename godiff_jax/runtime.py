@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from pathlib import Path
 
 CACHE_ENV = "GODIFF_JAX_CACHE"  # a directory, or "off"
@@ -36,6 +37,7 @@ def machine_summary() -> str:
     return (
         f"{datetime.date.today()}  {platform.processor() or platform.machine()}  "
         f"{os.cpu_count()} CPUs  jax {jax.__version__} {jax.devices()[0].platform}"
+        f" x{len(jax.devices())}"
     )
 
 
@@ -59,3 +61,58 @@ def use_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return where
+
+
+CPU_DEVICES_ENV = "GODIFF_JAX_CPU_DEVICES"  # a number, or "auto" (cpu_device_count)
+
+
+def cpu_device_count(n_seeds: int, cores: int | None = None) -> int:
+    """CPU devices for `n_seeds` seeds ("auto"): the largest divisor of the seed count not
+    above the cores, so that each device runs whole seeds."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = max(1, int(cores or 1))
+    return max(d for d in range(1, min(n_seeds, cores) + 1) if n_seeds % d == 0)
+
+
+def split_cpu(n_seeds: int, devices: int | str | None = None) -> int:
+    """Split the host CPU into several JAX devices so that the seeds of one program run as
+    parallel streams (`sharding.plan` then puts whole seeds on each device).
+
+    One CPU device runs a program's operations in turn and spreads only the large ones over
+    the cores; split, each device runs its seeds at the same time. Measured on 2 cores
+    (benchmarks/RESULTS.md section 70): the 8-seed training step 1.2-1.3x faster, a whole
+    heptamer run only 1.0-1.08x (more host work, slower compilation), so it is off unless
+    asked. `devices`: a number, "auto" (`cpu_device_count`), or None for
+    $GODIFF_JAX_CPU_DEVICES, else 1. Each seed's numbers are those of that seed run alone;
+    against the seeds batched on one device they differ by float32 rounding
+    (tests/test_sharding.py), so a trajectory is not bitwise that of a one-device run. Only
+    the CPU platform is split (a GPU run keeps its GPUs). Call before JAX's first
+    computation; returns the CPU device count in force (unchanged where JAX has started or
+    XLA_FLAGS forces a count).
+    """
+    import jax
+
+    forced = re.search(
+        r"xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", "")
+    )
+    current = jax.config.jax_num_cpu_devices
+    if current not in (-1, None):  # set by the caller
+        return int(current)
+    if forced:
+        return int(forced.group(1))
+    if devices is None:
+        devices = os.environ.get(CPU_DEVICES_ENV) or 1
+    if str(devices).strip().lower() == "auto":
+        devices = cpu_device_count(n_seeds)
+    try:
+        devices = int(devices)
+    except ValueError:
+        raise ValueError(f"CPU devices: a number or 'auto', got {devices!r}") from None
+    if devices <= 1:
+        return 1
+    try:
+        jax.config.update("jax_num_cpu_devices", devices)
+    except RuntimeError:  # the backend is up: JAX keeps the devices it started with
+        return len(jax.devices("cpu"))
+    return devices

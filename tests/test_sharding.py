@@ -36,3 +36,55 @@ def test_sharded_sampling_equals_unsharded_for_the_same_keys():
     assert "one seed's batch over 2 devices: largest difference 0" in out.stdout
     assert "the runner's placed state: largest difference 0" in out.stdout
     assert len(lines) == 3, lines
+
+
+def test_cpu_device_count_is_the_largest_divisor_of_the_seeds_within_the_cores():
+    from godiff_jax.runtime import cpu_device_count
+
+    cases = {(8, 2): 2, (8, 3): 2, (8, 16): 8, (6, 4): 3, (7, 2): 1, (1, 2): 1, (12, 5): 4}
+    for (seeds, cores), want in cases.items():
+        assert cpu_device_count(seeds, cores) == want, (seeds, cores)
+
+
+SPLIT_CHECK = """
+import jax
+import godiff_jax  # must not start JAX's backend (jax_md computes at import)
+from godiff_jax import cli
+from godiff_jax.runtime import split_cpu
+
+print("split", split_cpu(8, None))  # GODIFF_JAX_CPU_DEVICES=auto and 2 cores below
+print("devices", len(jax.devices()))
+print("again", split_cpu(8, 4))  # JAX has started: the devices stay as they are
+args = cli.experiment_parser("x", "runs/x").parse_args(["--cpu-devices", "3"])
+print("flag", args.cpu_devices)
+"""
+
+
+def test_split_cpu_after_importing_the_package_and_not_after_jax_started():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["GODIFF_JAX_CPU_DEVICES"] = "auto"
+    code = "import os; os.sched_getaffinity = lambda pid: {0, 1}\n" + SPLIT_CHECK
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["split", "2", "devices", "2", "again", "2", "flag", "3"]
+
+
+def test_split_cpu_leaves_a_forced_device_count_alone():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3")
+    code = "from godiff_jax.runtime import split_cpu; import jax; print(split_cpu(8), len(jax.devices()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["3", "3"]
+
+
+def test_split_cpu_refuses_a_device_count_that_is_not_a_number():
+    import pytest
+
+    from godiff_jax.runtime import split_cpu
+
+    with pytest.raises(ValueError, match="a number or 'auto', got 'two'"):
+        split_cpu(8, "two")
