@@ -33,14 +33,14 @@ from godiff_jax.analysis import (
     adatom_success,
     heptamer_success_batch,
 )
-from godiff_jax.cli import apply_overrides
+from godiff_jax.cli import apply_overrides, split_and_report
 from godiff_jax.config import PRESET_NAMES, with_presets
 from godiff_jax.evaluate import JaxEvaluator
 from godiff_jax.plots import best_energy_figure
 from godiff_jax.potentials.emt import emt_energy_fn
 from godiff_jax.report import seed_rows, summarise
 from godiff_jax.runner import run
-from godiff_jax.runtime import keep_heap_memory, machine_summary, split_cpu
+from godiff_jax.runtime import keep_heap_memory, machine_summary
 from godiff_jax.search import GODiff
 from godiff_jax.transfer import load_pretrained, params_template
 
@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     keep_heap_memory()
-    vmapped = args.seed_batch is None or args.seed_batch >= args.seeds
-    cpu_devices = split_cpu(args.seeds, args.cpu_devices) if vmapped else 1
+    cpu_devices = split_and_report(args.seeds, args.cpu_devices, args.seed_batch)
     make_system, make_tests = SYSTEMS[args.system]
     system = make_system()
     default, paper, make_success = experiment_settings(args.system)

@@ -67,19 +67,18 @@ def experiment_parser(description: str, default_workdir: str) -> argparse.Argume
     return p
 
 
-def report_devices(n_cpu: int, n_seeds: int) -> None:
-    """Say how the seeds are spread, where a CPU run uses several devices."""
+def split_and_report(n_seeds: int, devices: str | None, seed_batch: int | None = None) -> int:
+    """`runtime.split_cpu` for an entry point: a bad --cpu-devices exits with its reason, and
+    a CPU run on several devices says so."""
     import jax
 
-    if n_cpu > 1 and jax.default_backend() == "cpu":
-        print(f"CPU split into {n_cpu} devices, {n_seeds} seed(s) over them")
-
-
-def _split(n_seeds: int, devices: str | None) -> int:
     try:
-        return split_cpu(n_seeds, devices)
+        n_cpu = split_cpu(n_seeds, devices, seed_batch)
     except ValueError as err:
         raise SystemExit(f"--cpu-devices: {err}") from None
+    if n_cpu > 1 and jax.default_backend() == "cpu":
+        print(f"CPU split into {n_cpu} devices, {n_seeds} seed(s) over them")
+    return n_cpu
 
 
 def _cpu_argument(p: argparse.ArgumentParser) -> None:
@@ -208,8 +207,7 @@ def run_experiment(
     base = quick if args.quick else config
     cfg = apply_overrides(with_presets(base, paper or base, args.preset), args.set)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    if args.seed_batch is None or args.seed_batch >= len(seeds):  # one vmapped program
-        report_devices(_split(len(seeds), args.cpu_devices), len(seeds))
+    split_and_report(len(seeds), args.cpu_devices, args.seed_batch)
     workdir = Path(args.workdir)
     print(f"{system.name}: {len(seeds)} seed(s) {seeds}, workdir {workdir}")
     print(json.dumps(cfg.to_dict()))
@@ -370,7 +368,7 @@ def _command_run(args) -> None:
     io.atomic_write(path, json.dumps(record, indent=2).encode())
     keep_heap_memory()
     use_compilation_cache()
-    report_devices(_split(len(spec.seeds), args.cpu_devices), len(spec.seeds))
+    split_and_report(len(spec.seeds), args.cpu_devices)
     print(f"{spec.system.name}: {len(spec.seeds)} seed(s) {spec.seeds}, workdir {spec.workdir}")
     evaluator = make_evaluator(spec)
     start = pretrained_start(spec.system, spec.config, args) if args.command == "run" else {}

@@ -75,7 +75,7 @@ def cpu_device_count(n_seeds: int, cores: int | None = None) -> int:
     return max(d for d in range(1, min(n_seeds, cores) + 1) if n_seeds % d == 0)
 
 
-def split_cpu(n_seeds: int, devices: int | str | None = None) -> int:
+def split_cpu(n_seeds: int, devices: int | str | None = None, seed_batch: int | None = None) -> int:
     """Split the host CPU into several JAX devices so that the seeds of one program run as
     parallel streams (`sharding.plan` then puts whole seeds on each device).
 
@@ -89,7 +89,8 @@ def split_cpu(n_seeds: int, devices: int | str | None = None) -> int:
     (tests/test_sharding.py), so a trajectory is not bitwise that of a one-device run. Only
     the CPU platform is split (a GPU run keeps its GPUs). Call before JAX's first
     computation; returns the CPU device count in force (unchanged where JAX has started or
-    XLA_FLAGS forces a count).
+    XLA_FLAGS forces a count). With `seed_batch` below the seed count the runner loops over
+    groups on one device (`runner.run`), so nothing is split.
     """
     import jax
 
@@ -101,6 +102,8 @@ def split_cpu(n_seeds: int, devices: int | str | None = None) -> int:
         return int(current)
     if forced:
         return int(forced.group(1))
+    if seed_batch is not None and seed_batch < n_seeds:
+        return 1
     if devices is None:
         devices = os.environ.get(CPU_DEVICES_ENV) or 1
     if str(devices).strip().lower() == "auto":

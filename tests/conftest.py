@@ -26,9 +26,9 @@ else:
     _cache = tempfile.mkdtemp(prefix="godiff-jax-test-cache-")
 os.environ["GODIFF_JAX_CACHE"] = _cache
 use_compilation_cache()
-# One CPU device in this process and the `godiff` subprocesses the tests start: the entry
-# points would split the CPU (runtime.split_cpu), and tests compare their numbers with runs
-# made here; tests/test_sharding.py checks the split in processes of its own.
+# One CPU device in this process and the `godiff` subprocesses the tests start, whatever
+# GODIFF_JAX_CPU_DEVICES the caller's shell sets (runtime.split_cpu): tests compare their
+# numbers with runs made here; tests/test_sharding.py checks the split in its own processes.
 os.environ["GODIFF_JAX_CPU_DEVICES"] = "1"
 
 # The whole loop in seconds: two iterations of 6 samples, a 1-block model of 8 features.

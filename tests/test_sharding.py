@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import jax
+import pytest
 
 from godiff_jax import sharding
 
@@ -82,9 +83,9 @@ def test_split_cpu_leaves_a_forced_device_count_alone():
 
 
 def test_split_cpu_refuses_a_device_count_that_is_not_a_number():
-    import pytest
-
     from godiff_jax.runtime import split_cpu
 
     with pytest.raises(ValueError, match="a number or 'auto', got 'two'"):
         split_cpu(8, "two")
+    # Seeds looped over in groups run on one device: nothing to split, nothing parsed.
+    assert split_cpu(8, "two", seed_batch=4) == 1
