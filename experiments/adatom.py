@@ -17,7 +17,8 @@ from godiff_jax.evaluate import JaxEvaluator
 from godiff_jax.potentials.emt import emt_energy_fn
 
 PAPER = PAPER_SETTINGS["adatom"]  # the paper's settings, listed in godiff_jax/config.py
-# 500 training and 100 reverse steps, kT held at 0.02 eV for the last 5 iterations (config.py)
+# 250 training steps at 2e-4 and 100 reverse steps, kT held at 0.02 eV for the last 5
+# iterations, half of each iteration refined (config.py)
 DEFAULT = DEFAULT_SETTINGS["adatom"]
 QUICK = PAPER.replace(n_iterations=6, train_steps=500, n_reverse_steps=200)
 

@@ -20,7 +20,8 @@ from godiff_jax.evaluate import JaxEvaluator
 from godiff_jax.potentials.emt import emt_energy_fn
 
 PAPER = PAPER_SETTINGS["heptamer"]  # the paper's settings, listed in godiff_jax/config.py
-# 500 training and 100 reverse steps, kT held at 0.02 eV for the last 10 iterations (config.py)
+# 250 training steps at 2e-4 and 100 reverse steps, kT held at 0.02 eV for the last 10
+# iterations, half of each iteration refined (config.py)
 DEFAULT = DEFAULT_SETTINGS["heptamer"]
 # The paper's transfer schedule (kT 3.0 -> 0.02 eV, 20 iterations of 64, from the adatom
 # model) with 500 training and 100 reverse steps and half of each iteration refined from the

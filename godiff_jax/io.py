@@ -51,6 +51,15 @@ def config_diff(old: Any, new: Any) -> dict[str, tuple]:
     return {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
 
 
+# Settings of earlier defaults (value, as written on the command line), for the hint that
+# resumes such a run: refinement came on 2026-12-07, then 250 training steps at 2e-4.
+_OLD_DEFAULT = {
+    "sampler.refine_fraction": (0.0, "0"),
+    "training.train_steps": (500, "500"),
+    "training.learning_rate": (1e-4, "1e-4"),
+}
+
+
 def write_config(workdir: Path, config: Any) -> None:
     """Store the config; an existing run directory must have been made with the same one
     (an older directory's flat config.json is read through the flat aliases)."""
@@ -61,15 +70,18 @@ def write_config(workdir: Path, config: Any) -> None:
         diff = config_diff(from_dict(json.loads(path.read_text())), config)
         if diff:
             # runs started before the default changed: at the paper's settings (before
-            # 2026-12-04), at the default without refinement (before 2026-12-07)
+            # 2026-12-04), at an earlier default (without refinement, 500 training steps at
+            # 1e-4; before 2026-12-07)
             names = {k.rpartition(".")[2] for k in diff}
             hint = ""
             if {"train_steps", "n_reverse_steps", "train_stop"} <= names:
                 hint = " (this run has the paper's settings: resume it with --preset paper, or `godiff resume`)"
-            elif diff == {"sampler.refine_fraction": (0.0, 0.5)}:
+            elif diff and all(
+                _OLD_DEFAULT.get(k, (None,))[0] == old for k, (old, _) in diff.items()
+            ):
+                sets = " ".join(f"--set {k.rpartition('.')[2]}={_OLD_DEFAULT[k][1]}" for k in diff)
                 hint = (
-                    " (this run has the default of before 2026-12-07, without refinement: "
-                    "resume it with --set refine_fraction=0, or `godiff resume`)"
+                    f" (this run has an earlier default: resume it with {sets}, or `godiff resume`)"
                 )
             raise ValueError(
                 f"{workdir} holds a run with a different config {diff} (old, new); "

@@ -288,6 +288,9 @@ def run(
             not_kept=np.asarray(ok & ~kept) if config.ess_sampling else None,
         )
         state, clock = _record(workdir, system, config, rec, state, clock, success_fn)
+        # The host's first successes come back on one device: lay the state out again, or
+        # the next iteration's phases see another input sharding and compile once more.
+        state = sharding.place(state, layout)
         meta = {"seeds": seeds, "iteration": k + 1, "clock": clock.to_meta()}
         checkpoint.save_checkpoint(workdir, state, meta)
         if bar is not None:

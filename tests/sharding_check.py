@@ -66,11 +66,22 @@ same(jax.jit(search.sample)(one), x_split, "samples, one seed's batch over 2 dev
 # on both devices (no iteration run: the phases it compiles are the ones checked above).
 from godiff_jax import runner  # noqa: E402
 
-seen = []
+seen, phases = [], []
 compiled = runner.compiled_phases
-runner.compiled_phases = lambda *args: seen.append(args[5]) or compiled(*args)
+runner.compiled_phases = lambda *args: (
+    seen.append(args[5]) or phases.append(compiled(*args)) or phases[-1]
+)
 with tempfile.TemporaryDirectory() as tmp:
     state = run_emt(system, TINY, tmp, seeds=[0, 1], progress=False, max_iterations=0)
 assert [layout.mode for layout in seen] == ["seeds"], seen
 assert len(state.archive.positions.sharding.device_set) == 2
 same(state.key, states.key, "the runner's placed state")
+
+# Three iterations compile each phase once: the state keeps its layout between them (the
+# host's first successes used to come back on one device and cost a second compilation).
+with tempfile.TemporaryDirectory() as tmp:
+    state = run_emt(system, TINY.replace(n_iterations=3), tmp, seeds=[0, 1], progress=False)
+_, sample_fn, eval_fn, _, update_fn = phases[-1]
+sizes = [f._cache_size() for f in (sample_fn, eval_fn, update_fn)]
+assert sizes == [1, 1, 1], sizes
+assert len(state.first_success.sharding.device_set) == 2

@@ -57,14 +57,16 @@ def test_the_default_is_the_paper_settings_made_fast_and_paper_is_a_preset():
         assert paper.train_steps == steps and not paper.train_stop
         assert (paper.n_reverse_steps, paper.kT_anneal_iterations) == (500, 0)
         assert (default.train_steps, default.train_stop, default.n_reverse_steps) == (
-            500,
+            250,
             True,
             100,
         )
+        assert (paper.learning_rate, default.learning_rate) == (1e-4, 2e-4)
         assert default.kT_anneal_iterations == hold  # cools over half, holds the rest
         assert (default.refine_fraction, paper.refine_fraction) == (0.5, 0.0)
         assert default.replace(train_steps=steps, train_stop=False, n_reverse_steps=500,
-                               kT_anneal_iterations=0, refine_fraction=0.0) == paper  # fmt: skip
+                               kT_anneal_iterations=0, refine_fraction=0.0,
+                               learning_rate=1e-4) == paper  # fmt: skip
         assert with_presets(default, paper, None) == default
         assert with_presets(default, paper, "paper") == paper
         both = with_presets(default, paper, ["paper", "reference"])
@@ -100,6 +102,17 @@ def test_resuming_an_older_default_or_paper_run_with_the_default_names_the_way(t
         io.write_config(tmp_path, PAPER_SETTINGS["heptamer"].replace(train_steps=7))
     older = tmp_path / "older_default"
     older.mkdir()
-    io.write_config(older, DEFAULT_SETTINGS["heptamer"].replace(refine_fraction=0.0))
-    with pytest.raises(ValueError, match="resume it with --set refine_fraction=0"):
+    before_1207 = {"train_steps": 500, "learning_rate": 1e-4}
+    io.write_config(older, DEFAULT_SETTINGS["heptamer"].replace(refine_fraction=0.0, **before_1207))
+    with pytest.raises(
+        ValueError,
+        match="resume it with --set refine_fraction=0 --set train_steps=500 --set learning_rate=1e-4",
+    ):
         io.write_config(older, DEFAULT_SETTINGS["heptamer"])
+    old_default = tmp_path / "default_before_the_training_change"
+    old_default.mkdir()
+    io.write_config(old_default, DEFAULT_SETTINGS["heptamer"].replace(**before_1207))
+    with pytest.raises(
+        ValueError, match="resume it with --set train_steps=500 --set learning_rate=1e-4"
+    ):
+        io.write_config(old_default, DEFAULT_SETTINGS["heptamer"])
