@@ -40,7 +40,7 @@ from godiff_jax.plots import best_energy_figure
 from godiff_jax.potentials.emt import emt_energy_fn
 from godiff_jax.report import seed_rows, summarise
 from godiff_jax.runner import run
-from godiff_jax.runtime import keep_heap_memory, machine_summary
+from godiff_jax.runtime import keep_heap_memory, machine_summary, use_compilation_cache
 from godiff_jax.search import GODiff
 from godiff_jax.transfer import load_pretrained, params_template
 
@@ -124,11 +124,14 @@ def main(argv: list[str] | None = None) -> None:
         "--cpu-devices",
         default=None,
         metavar="N",
-        help="CPU devices for the seeds: a number or 'auto' (default 1; RESULTS.md section 70)",
+        help="CPU devices for the seeds: a number or 'auto' (default auto; RESULTS.md sections 70, 73)",
     )
     args = p.parse_args(argv)
 
     keep_heap_memory()
+    # As the experiments and `godiff run`: compiled programs come from the disk cache when
+    # the same settings ran before (GODIFF_JAX_CACHE=off: compile afresh).
+    cache = use_compilation_cache()
     cpu_devices = split_and_report(args.seeds, args.cpu_devices, args.seed_batch)
     make_system, make_tests = SYSTEMS[args.system]
     system = make_system()
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         "overrides": args.set,
         "init_params": args.init_params,
         "cpu_devices": cpu_devices,
+        "compilation_cache": None if cache is None else str(cache),
         "settings": config.to_dict(),
         "seeds": seeds,
         "e_min": e_min,

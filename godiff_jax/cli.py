@@ -87,7 +87,8 @@ def _cpu_argument(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="on a CPU, run the seeds as N parallel device streams, or 'auto' (the largest "
-        "divisor of the seed count not above the cores; default 1, or $GODIFF_JAX_CPU_DEVICES)",
+        "divisor of the seed count not above the cores; default: $GODIFF_JAX_CPU_DEVICES, "
+        "else auto)",
     )
 
 

@@ -81,10 +81,9 @@ def split_cpu(n_seeds: int, devices: int | str | None = None, seed_batch: int | 
 
     One CPU device runs a program's operations in turn and spreads only the large ones over
     the cores; split, each device runs its seeds at the same time. Measured on 2 cores
-    (benchmarks/RESULTS.md section 70): the 8-seed training step 1.2-1.3x faster, a whole
-    heptamer run only 1.0-1.08x (more host work, slower compilation), so it is off unless
-    asked. `devices`: a number, "auto" (`cpu_device_count`), or None for
-    $GODIFF_JAX_CPU_DEVICES, else 1. Each seed's numbers are those of that seed run alone;
+    (benchmarks/RESULTS.md sections 70, 73): the 8-seed training step 1.2-1.3x faster, a
+    whole heptamer iteration 1.06-1.10x. `devices`: a number, "auto" (`cpu_device_count`),
+    or None for $GODIFF_JAX_CPU_DEVICES, else "auto". Each seed's numbers are those of that seed run alone;
     against the seeds batched on one device they differ by float32 rounding
     (tests/test_sharding.py), so a trajectory is not bitwise that of a one-device run. Only
     the CPU platform is split (a GPU run keeps its GPUs). Call before JAX's first
@@ -105,7 +104,7 @@ def split_cpu(n_seeds: int, devices: int | str | None = None, seed_batch: int | 
     if seed_batch is not None and seed_batch < n_seeds:
         return 1
     if devices is None:
-        devices = os.environ.get(CPU_DEVICES_ENV) or 1
+        devices = os.environ.get(CPU_DEVICES_ENV) or "auto"
     if str(devices).strip().lower() == "auto":
         devices = cpu_device_count(n_seeds)
     try:

@@ -53,7 +53,7 @@ import godiff_jax  # must not start JAX's backend (jax_md computes at import)
 from godiff_jax import cli
 from godiff_jax.runtime import split_cpu
 
-print("split", split_cpu(8, None))  # GODIFF_JAX_CPU_DEVICES=auto and 2 cores below
+print("split", split_cpu(8, None))  # auto (asked or by default) on the 2 cores below
 print("devices", len(jax.devices()))
 print("again", split_cpu(8, 4))  # JAX has started: the devices stay as they are
 args = cli.experiment_parser("x", "runs/x").parse_args(["--cpu-devices", "3"])
@@ -61,9 +61,11 @@ print("flag", args.cpu_devices)
 """
 
 
-def test_split_cpu_after_importing_the_package_and_not_after_jax_started():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["GODIFF_JAX_CPU_DEVICES"] = "auto"
+@pytest.mark.parametrize("asked", ["auto", None])  # None: the default, auto
+def test_split_cpu_after_importing_the_package_and_not_after_jax_started(asked):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GODIFF_JAX_CPU_DEVICES")}
+    if asked is not None:
+        env["GODIFF_JAX_CPU_DEVICES"] = asked
     code = "import os; os.sched_getaffinity = lambda pid: {0, 1}\n" + SPLIT_CHECK
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
