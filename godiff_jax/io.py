@@ -76,9 +76,7 @@ def write_config(workdir: Path, config: Any) -> None:
             hint = ""
             if {"train_steps", "n_reverse_steps", "train_stop"} <= names:
                 hint = " (this run has the paper's settings: resume it with --preset paper, or `godiff resume`)"
-            elif diff and all(
-                _OLD_DEFAULT.get(k, (None,))[0] == old for k, (old, _) in diff.items()
-            ):
+            elif all(_OLD_DEFAULT.get(k, (None,))[0] == old for k, (old, _) in diff.items()):
                 sets = " ".join(f"--set {k.rpartition('.')[2]}={_OLD_DEFAULT[k][1]}" for k in diff)
                 hint = (
                     f" (this run has an earlier default: resume it with {sets}, or `godiff resume`)"

@@ -288,9 +288,6 @@ def run(
             not_kept=np.asarray(ok & ~kept) if config.ess_sampling else None,
         )
         state, clock = _record(workdir, system, config, rec, state, clock, success_fn)
-        # The host's first successes come back on one device: lay the state out again, or
-        # the next iteration's phases see another input sharding and compile once more.
-        state = sharding.place(state, layout)
         meta = {"seeds": seeds, "iteration": k + 1, "clock": clock.to_meta()}
         checkpoint.save_checkpoint(workdir, state, meta)
         if bar is not None:
@@ -314,4 +311,6 @@ def _record(workdir, system, config, rec, state, clock, success_fn):
     for line in records.warnings_for(rec):
         print(line)
     io.append_metrics(workdir, records.metrics_rows(rec, first, clock, config))
-    return state._replace(first_success=jnp.asarray(first, jnp.int32)), clock
+    # On the old counters' devices: another input sharding would compile the phases again.
+    first = jax.device_put(np.asarray(first, np.int32), state.first_success.sharding)
+    return state._replace(first_success=first), clock

@@ -82,9 +82,9 @@ def split_cpu(n_seeds: int, devices: int | str | None = None, seed_batch: int | 
     One CPU device runs a program's operations in turn and spreads only the large ones over
     the cores; split, each device runs its seeds at the same time. Measured on 2 cores
     (benchmarks/RESULTS.md sections 70, 73): the 8-seed training step 1.2-1.3x faster, a
-    whole heptamer iteration 1.06-1.10x. `devices`: a number, "auto" (`cpu_device_count`),
-    or None for $GODIFF_JAX_CPU_DEVICES, else "auto". Each seed's numbers are those of that seed run alone;
-    against the seeds batched on one device they differ by float32 rounding
+    whole heptamer iteration 1.04-1.10x. `devices`: a number, "auto" (`cpu_device_count`),
+    or None for $GODIFF_JAX_CPU_DEVICES, else "auto". Each seed's numbers are those of that
+    seed run alone; against the seeds batched on one device they differ by float32 rounding
     (tests/test_sharding.py), so a trajectory is not bitwise that of a one-device run. Only
     the CPU platform is split (a GPU run keeps its GPUs). Call before JAX's first
     computation; returns the CPU device count in force (unchanged where JAX has started or
